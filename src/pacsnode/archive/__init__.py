@@ -1,0 +1,1 @@
+"""The archive: ingest pipeline, query engine, index and blob store."""

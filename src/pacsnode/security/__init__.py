@@ -1,0 +1,1 @@
+"""PS3.15 security: TLS, access policy, audit, de-identification."""

@@ -1,0 +1,1 @@
+"""PS3.4 service classes, one module per annex."""

@@ -1,0 +1,1 @@
+"""PS3.18 DICOMweb and the admin HTTP API."""
