@@ -311,8 +311,7 @@ def _encode_user_information(ui: UserInformation) -> bytes:
         parts.append(
             _item(
                 ItemType.ROLE_SELECTION,
-                _u16_prefixed(_uid(role.sop_class_uid))
-                + bytes((int(role.scu_role), int(role.scp_role))),
+                _u16_prefixed(_uid(role.sop_class_uid)) + bytes((int(role.scu_role), int(role.scp_role))),
             )
         )
     if ui.implementation_version_name:
@@ -334,9 +333,7 @@ def _encode_user_information(ui: UserInformation) -> bytes:
             + _u16_prefixed(related)
         )
         # PS3.7 D.3.3.6.1: byte 2 is the sub-item version (0), not a reserved byte.
-        parts.append(
-            _ITEM_HEADER.pack(ItemType.SOP_CLASS_COMMON_EXTENDED_NEGOTIATION, 0, len(value)) + value
-        )
+        parts.append(_ITEM_HEADER.pack(ItemType.SOP_CLASS_COMMON_EXTENDED_NEGOTIATION, 0, len(value)) + value)
     if ui.user_identity_rq is not None:
         uid_rq = ui.user_identity_rq
         parts.append(
@@ -348,9 +345,7 @@ def _encode_user_information(ui: UserInformation) -> bytes:
             )
         )
     if ui.user_identity_ac is not None:
-        parts.append(
-            _item(ItemType.USER_IDENTITY_AC, _u16_prefixed(ui.user_identity_ac.server_response))
-        )
+        parts.append(_item(ItemType.USER_IDENTITY_AC, _u16_prefixed(ui.user_identity_ac.server_response)))
     for item_type, raw in ui.unknown_items:
         parts.append(_item(item_type, raw))
     return _item(ItemType.USER_INFORMATION, b"".join(parts))
@@ -396,8 +391,7 @@ def encode(pdu: PDU) -> bytes:
     """Encode any PDU to its bytes on the wire."""
     if isinstance(pdu, PDataTF):
         body = b"".join(
-            _PDV_HEADER.pack(len(p.data) + 2, p.context_id, p.control_header) + p.data
-            for p in pdu.pdvs
+            _PDV_HEADER.pack(len(p.data) + 2, p.context_id, p.control_header) + p.data for p in pdu.pdvs
         )
         return _HEADER.pack(PDUType.P_DATA_TF, 0, len(body)) + body
     if isinstance(pdu, AssociateRQ):
@@ -405,9 +399,7 @@ def encode(pdu: PDU) -> bytes:
     if isinstance(pdu, AssociateAC):
         return _encode_associate(PDUType.A_ASSOCIATE_AC, pdu)
     if isinstance(pdu, AssociateRJ):
-        return _HEADER.pack(PDUType.A_ASSOCIATE_RJ, 0, 4) + bytes(
-            (0, pdu.result, pdu.source, pdu.reason)
-        )
+        return _HEADER.pack(PDUType.A_ASSOCIATE_RJ, 0, 4) + bytes((0, pdu.result, pdu.source, pdu.reason))
     if isinstance(pdu, ReleaseRQ):
         return _HEADER.pack(PDUType.A_RELEASE_RQ, 0, 4) + bytes(4)
     if isinstance(pdu, ReleaseRP):
@@ -664,9 +656,7 @@ def decode(pdu_type: int, body: bytes | memoryview) -> PDU:
         return _decode_associate(pdu_type, view)
     if pdu_type in (PDUType.A_ASSOCIATE_RJ, PDUType.A_RELEASE_RQ, PDUType.A_RELEASE_RP, PDUType.A_ABORT):
         return _decode_four(pdu_type, view)
-    raise RemoteProtocolError(
-        f"unrecognised PDU type 0x{pdu_type:02X}", AbortReason.UNRECOGNIZED_PDU
-    )
+    raise RemoteProtocolError(f"unrecognised PDU type 0x{pdu_type:02X}", AbortReason.UNRECOGNIZED_PDU)
 
 
 def decode_bytes(raw: bytes) -> PDU:
@@ -703,20 +693,16 @@ class PDUReader:
     def _check_header(self, pdu_type: int, length: int) -> None:
         if pdu_type not in _KNOWN_TYPES:
             # PS3.8 9.3.1 / 9.3.8: unrecognised PDU type -> A-ABORT reason 1.
-            raise RemoteProtocolError(
-                f"unrecognised PDU type 0x{pdu_type:02X}", AbortReason.UNRECOGNIZED_PDU
-            )
+            raise RemoteProtocolError(f"unrecognised PDU type 0x{pdu_type:02X}", AbortReason.UNRECOGNIZED_PDU)
         if pdu_type == PDUType.P_DATA_TF:
             # PS3.8 D.1: a P-DATA-TF may not exceed the Maximum Length we advertised.
             if self.max_pdata_length and length > self.max_pdata_length:
                 raise _invalid(
-                    f"P-DATA-TF of {length} bytes exceeds our maximum PDU length "
-                    f"{self.max_pdata_length}"
+                    f"P-DATA-TF of {length} bytes exceeds our maximum PDU length {self.max_pdata_length}"
                 )
         elif length > self.max_other_length:
             raise _invalid(
-                f"{PDUType(pdu_type).name} of {length} bytes exceeds our limit "
-                f"{self.max_other_length}"
+                f"{PDUType(pdu_type).name} of {length} bytes exceeds our limit {self.max_other_length}"
             )
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
