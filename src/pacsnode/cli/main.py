@@ -1,0 +1,201 @@
+"""The `pacsnode` command: serve, echo, conformance (exit 0 success, 1 failure, 2 bad usage)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from pacsnode import __version__
+from pacsnode.config.settings import ConfigError, Settings, load_settings
+
+app = typer.Typer(
+    name="pacsnode",
+    help="pacsnode: a DICOM node (archive, DIMSE and DICOMweb services, tools).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+err = Console(stderr=True)
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose == 1 else logging.WARNING
+    logging.basicConfig(
+        level=level,
+        format="%(message)s",
+        datefmt="[%X]",
+        handlers=[RichHandler(console=err, show_path=False, rich_tracebacks=False)],
+        force=True,
+    )
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(1)
+
+
+def _settings(config: Path | None, **node: object) -> Settings:
+    try:
+        return load_settings(config, {"node": node})
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"pacsnode {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """pacsnode: a DICOM node (archive, DIMSE and DICOMweb services, tools)."""
+
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="TOML file with [node] and [network] tables (env: PACSNODE_CONFIG)."),
+]
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Data folder (env PACSNODE_DATA; default ./pacsnode-data).")
+    ] = None,
+    aet: Annotated[
+        str | None, typer.Option(help="Our AE title (env PACSNODE_AET; default PACSNODE).")
+    ] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(help="Address to listen on (env PACSNODE_HOST; default 127.0.0.1)."),
+    ] = None,
+    dicom_port: Annotated[
+        int | None, typer.Option(help="DICOM port (env PACSNODE_DICOM_PORT; default 11112).")
+    ] = None,
+    http_port: Annotated[
+        int | None, typer.Option(help="HTTP port (env PACSNODE_HTTP_PORT; default 8042).")
+    ] = None,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logging (-vv: debug).")] = 1,
+) -> None:
+    """Run the node: answer DICOM associations until interrupted (Ctrl-C drains and stops)."""
+    from pacsnode.net.node import Node
+
+    _setup_logging(verbose)
+    settings = _settings(
+        config, data=data, aet=aet, host=host, dicom_port=dicom_port, http_port=http_port
+    )
+    try:
+        asyncio.run(Node(settings).run_forever())
+    except OSError as exc:
+        raise _fail(
+            f"cannot listen on {settings.node.host}:{settings.node.dicom_port}: {exc.strerror or exc}"
+        ) from None
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def echo(
+    host: Annotated[str, typer.Argument(help="Peer host name or address.")],
+    port: Annotated[int, typer.Argument(help="Peer TCP port.", min=1, max=65535)],
+    aet: Annotated[
+        str, typer.Option("--aet", "-aet", help="Our (calling) AE title.")
+    ] = "PACSNODE",
+    aec: Annotated[
+        str, typer.Option("--aec", "-aec", help="The peer's (called) AE title.")
+    ] = "ANY-SCP",
+    repeat: Annotated[
+        int, typer.Option("--repeat", "-r", min=1, help="Send this many C-ECHO requests.")
+    ] = 1,
+    associations: Annotated[
+        int,
+        typer.Option(
+            "--associations", "-n", min=1, help="Open this many associations one after the other."
+        ),
+    ] = 1,
+    timeout: Annotated[
+        float, typer.Option("--timeout", "-to", min=0.001, help="TCP connect timeout, seconds.")
+    ] = 30.0,
+    acse_timeout: Annotated[
+        float, typer.Option("--acse-timeout", "-ta", min=0.001, help="Association timeout, seconds.")
+    ] = 30.0,
+    dimse_timeout: Annotated[
+        float | None, typer.Option("--dimse-timeout", "-td", min=0.001, help="DIMSE timeout, seconds.")
+    ] = None,
+    max_pdu: Annotated[
+        int, typer.Option("--max-pdu", "-pdu", min=4096, help="Maximum PDU length we receive.")
+    ] = 262_144,
+    abort: Annotated[bool, typer.Option("--abort", help="End with A-ABORT instead of A-RELEASE.")] = False,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="Say more (-vv: debug).")] = 0,
+) -> None:
+    """Verify a peer with C-ECHO (PS3.7 9.1.5), like DCMTK's echoscu."""
+    from pacsnode.cli.echo import run_echo
+
+    _setup_logging(verbose)
+    ok = run_echo(
+        host,
+        port,
+        calling=aet,
+        called=aec,
+        repeat=repeat,
+        associations=associations,
+        connect_timeout=timeout,
+        acse_timeout=acse_timeout,
+        dimse_timeout=dimse_timeout,
+        max_pdu=max_pdu,
+        abort=abort,
+        verbose=verbose,
+        console=err,
+    )
+    raise typer.Exit(0 if ok else 1)
+
+
+class Format(str, Enum):
+    """Output formats of the conformance statement."""
+
+    markdown = "markdown"
+    html = "html"
+
+
+@app.command()
+def conformance(
+    config: ConfigOpt = None,
+    aet: Annotated[str | None, typer.Option(help="AE title to describe (default: configured).")] = None,
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.markdown,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")
+    ] = None,
+) -> None:
+    """Print the node's DICOM Conformance Statement (PS3.2), generated from what it runs."""
+    from pacsnode.services.catalog import default_registry
+    from pacsnode.services.conformance import render_conformance
+
+    settings = _settings(config, aet=aet)
+    text = render_conformance(default_registry(settings), settings, fmt.value)
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        try:
+            output.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise _fail(f"cannot write {output}: {exc.strerror}") from None
+
+
+def run() -> None:
+    """Console-script entry point (click maps usage errors to exit code 2)."""
+    app()

@@ -1,0 +1,142 @@
+"""Node settings (PS3.15 Annex H's Device / Network AE / Connection), from TOML, environment and flags."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "PACSNODE_"
+
+
+class ConfigError(Exception):
+    """A setting is missing, unknown or invalid; the message names the key and where it came from."""
+
+
+def _check_ae_title(value: str) -> str:
+    # PS3.5 Table 6.2-1, AE: 1-16 characters, no backslash, no control characters;
+    # leading and trailing spaces are not significant.
+    title = value.strip(" ")
+    if not 0 < len(title) <= 16:
+        raise ValueError("an AE title has 1 to 16 characters")
+    if any(not (" " <= c <= "~") or c == "\\" for c in title):
+        raise ValueError("an AE title is printable ASCII without backslash")
+    return title
+
+
+class NodeSettings(BaseModel):
+    """The ``[node]`` table: one Device with one Network AE on one DICOM and one HTTP port."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data: Path = Path("./pacsnode-data")
+    aet: str = "PACSNODE"
+    host: str = "127.0.0.1"
+    dicom_port: int = Field(default=11112, ge=0, le=65535)
+    http_port: int = Field(default=8042, ge=0, le=65535)
+
+
+class NetworkSettings(BaseModel):
+    """The ``[network]`` table: association policy and timers (PS3.8 9.1.5 ARTIM and friends)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_associations: int = Field(default=64, ge=1)
+    max_pdu_length: int = Field(default=262_144, ge=4096, le=0xFFFFFFFF)
+    artim_timeout: float = Field(default=30.0, gt=0)
+    idle_timeout: float = Field(default=600.0, gt=0)
+    read_timeout: float = Field(default=60.0, gt=0)
+    shutdown_timeout: float = Field(default=10.0, ge=0)
+    require_called_aet: bool = False
+    allowed_calling_aets: list[str] | None = None
+    transfer_syntax_preference: list[str] = Field(default_factory=list)
+
+    @field_validator("allowed_calling_aets")
+    @classmethod
+    def _titles(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else [_check_ae_title(v) for v in value]
+
+
+class Settings(BaseModel):
+    """All settings of one node; built once, immutable, passed explicitly."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    node: NodeSettings = Field(default_factory=NodeSettings)
+    network: NetworkSettings = Field(default_factory=NetworkSettings)
+
+    @field_validator("node")
+    @classmethod
+    def _node_aet(cls, value: NodeSettings) -> NodeSettings:
+        return value.model_copy(update={"aet": _check_ae_title(value.aet)})
+
+
+# Environment variables of the command-line contract -> (table, key).
+ENVIRONMENT: dict[str, tuple[str, str]] = {
+    "PACSNODE_DATA": ("node", "data"),
+    "PACSNODE_AET": ("node", "aet"),
+    "PACSNODE_HOST": ("node", "host"),
+    "PACSNODE_DICOM_PORT": ("node", "dicom_port"),
+    "PACSNODE_HTTP_PORT": ("node", "http_port"),
+    "PACSNODE_MAX_ASSOCIATIONS": ("network", "max_associations"),
+}
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc.strerror}") from None
+
+
+def load_settings(
+    config_file: Path | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Merge file < environment < flags (``overrides``) and validate; raise ConfigError naming the key."""
+    env = os.environ if environ is None else environ
+    if config_file is None and env.get("PACSNODE_CONFIG"):
+        config_file = Path(env["PACSNODE_CONFIG"])
+    merged: dict[str, dict[str, Any]] = {}
+    origin: dict[tuple[str, str], str] = {}
+    if config_file is not None:
+        for table, values in _read_toml(config_file).items():
+            if not isinstance(values, dict):
+                raise ConfigError(f"{config_file}: '{table}' must be a table like [{table}]")
+            merged.setdefault(table, {}).update(values)
+            for key in values:
+                origin[(table, key)] = f"{config_file} [{table}] {key}"
+    for var, (table, key) in ENVIRONMENT.items():
+        if var in env:
+            merged.setdefault(table, {})[key] = env[var]
+            origin[(table, key)] = f"environment variable {var}"
+    for table, values in (overrides or {}).items():
+        for key, value in values.items():
+            if value is not None:
+                merged.setdefault(table, {})[key] = value
+                origin[(table, key)] = f"option --{key.replace('_', '-')}"
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = [str(p) for p in err["loc"]]
+            table = loc[0] if loc else "?"
+            key = loc[1] if len(loc) > 1 else ""
+            where = origin.get((table, key), f"[{table}] {key}".strip())
+            if err["type"] == "extra_forbidden":
+                where = origin.get((table, key), f"[{table}] {key}") if key else f"table [{table}]"
+                problems.append(f"{where}: unknown setting")
+            else:
+                problems.append(f"{where}: {err['msg']}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None

@@ -1,0 +1,398 @@
+"""PS3.8 / PS3.7 over asyncio: one association's transport, timers and DIMSE dispatch (both roles)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections import deque
+from collections.abc import Awaitable, Mapping
+from typing import Any
+
+from pacsnode.dimse.assembler import CommandReceived, DataSetFragment, MessageAssembler
+from pacsnode.dimse.commands import Command, CommandField
+from pacsnode.dimse.fragmentation import encode_message
+from pacsnode.dimse.messages import response_to
+from pacsnode.dimse.status import Status
+from pacsnode.services.base import DataSetSink, DimseRequest, MemorySink, ServiceHandler
+from pacsnode.ul.connection import (
+    Aborted,
+    AssociationAccepted,
+    AssociationRejected,
+    AssociationRequested,
+    DataReceived,
+    Indication,
+    ReleaseConfirmed,
+    ReleaseRequested,
+    Role,
+    UpperLayer,
+)
+from pacsnode.ul.errors import AbortReason, AbortSource, RemoteProtocolError
+from pacsnode.ul.negotiation import Negotiated, NegotiatedContext
+from pacsnode.ul.state import State
+
+log = logging.getLogger("pacsnode.net")
+
+_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+_DEFAULT_IN_MEMORY_LIMIT = 64 << 20
+
+
+class DimseStatusError(Exception):
+    """Raised by a service handler: answer the request with this status (PS3.7 Annex C)."""
+
+    def __init__(self, status: int, comment: str = "") -> None:
+        super().__init__(comment or f"status 0x{status:04X}")
+        self.status = status
+        self.comment = comment
+
+
+class AssociationClosed(Exception):
+    """The association ended (released, aborted or the connection dropped) before the operation did."""
+
+
+class _Responder:
+    __slots__ = ("_context_id", "_protocol")
+
+    def __init__(self, protocol: AssociationProtocol, context_id: int) -> None:
+        self._protocol = protocol
+        self._context_id = context_id
+
+    def send(self, command: Command, dataset: bytes | None = None) -> None:
+        self._protocol.send_message(self._context_id, command, dataset)
+
+
+class AssociationProtocol(asyncio.Protocol):
+    """Glue between an asyncio transport and the sans-IO Upper Layer and DIMSE cores."""
+
+    def __init__(
+        self,
+        role: Role,
+        *,
+        handlers: Mapping[str, ServiceHandler],
+        max_pdu_length: int,
+        artim_timeout: float,
+        in_memory_limit: int = _DEFAULT_IN_MEMORY_LIMIT,
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.ul = UpperLayer(role, max_pdata_length=max_pdu_length)
+        self.handlers = handlers
+        self.max_pdu_length = max_pdu_length
+        self.artim_timeout = artim_timeout
+        self.in_memory_limit = in_memory_limit
+        self.transport: asyncio.Transport | None = None
+        self.peer: str = "?"
+        self.negotiated: Negotiated | None = None
+        self.assembler: MessageAssembler | None = None
+        self.closed: asyncio.Future[None] = self.loop.create_future()
+        self.last_rx = self.loop.time()
+        self._peer_max = 0
+        self._sock: socket.socket | None = None
+        self._artim: asyncio.TimerHandle | None = None
+        self._inflight: asyncio.Task[None] | None = None
+        self._queue: deque[DimseRequest] = deque()
+        self._receiving: tuple[Command, NegotiatedContext, DataSetSink] | None = None
+        self._receiving_response: tuple[Command, MemorySink] | None = None
+        self._release_deferred = False
+        self._response_queues: dict[int, asyncio.Queue[tuple[Command, bytes | None] | BaseException]] = {}
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self.cancelled: set[int] = set()
+
+    # ------------------------------------------------------------ asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # Nagle would hold back the last PDU of a message waiting for an ACK.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._sock = sock
+        self.ul.transport_connected()
+        self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        self.last_rx = self.loop.time()
+        if self._sock is not None and _TCP_QUICKACK is not None:
+            # ACK at once, so a peer with Nagle on sends its next segment without
+            # waiting for our delayed ACK (Linux re-arms delayed ACKs, so per read).
+            with contextlib.suppress(OSError):
+                self._sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+        indications = self.ul.receive_data(data)
+        if self.ul.last_error is not None and self.ul.state is State.Sta13:
+            log.warning("%s: protocol error, A-ABORT sent: %s", self.peer, self.ul.last_error)
+            self.ul.last_error = None
+        for ind in indications:
+            self._on_indication(ind)
+        self.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for ind in self.ul.connection_lost():
+            self._on_indication(ind)
+        self._cleanup(AssociationClosed("connection closed" + (f": {exc}" if exc else "")))
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    # ------------------------------------------------------------ plumbing
+
+    def flush(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        out = self.ul.data_to_send()
+        if out:
+            transport.write(out)
+        if self.ul.artim_running:
+            if self._artim is None:
+                self._artim = self.loop.call_later(self.artim_timeout, self._on_artim)
+        elif self._artim is not None:
+            self._artim.cancel()
+            self._artim = None
+        if self.ul.close_requested and not transport.is_closing():
+            transport.close()
+
+    def _on_artim(self) -> None:
+        self._artim = None
+        log.info("%s: ARTIM timer expired in %s, closing", self.peer, self.ul.state.name)
+        for ind in self.ul.artim_expired():
+            self._on_indication(ind)
+        self.flush()
+
+    def _cleanup(self, reason: BaseException) -> None:
+        if self._artim is not None:
+            self._artim.cancel()
+            self._artim = None
+        if self._receiving is not None:
+            self._receiving[2].discard()
+            self._receiving = None
+        self._queue.clear()
+        if self._inflight is not None and not self._inflight.done():
+            self._inflight.cancel()
+        for q in self._response_queues.values():
+            q.put_nowait(reason)
+        self._writable.set()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def abort(self, source: int = AbortSource.SERVICE_USER, reason: int = AbortReason.NOT_SPECIFIED) -> None:
+        """Send an A-ABORT (or just close, if not yet associated) and drop the connection."""
+        if self.ul.state is State.Sta1:
+            return
+        self.ul.abort(source, reason)
+        self.flush()
+        if self.transport is not None and not self.transport.is_closing():
+            # PS3.8 AA-1 waits for the peer to close under ARTIM; we close after
+            # the A-ABORT is written, as DCMTK does, to free the socket at once.
+            self.transport.close()
+
+    # ------------------------------------------------------------ indications
+
+    def _on_indication(self, ind: Indication) -> None:
+        if isinstance(ind, DataReceived):
+            self._on_data(ind)
+        elif isinstance(ind, AssociationRequested):
+            self.on_associate_request(ind)
+        elif isinstance(ind, AssociationAccepted):
+            self.on_associate_accept(ind)
+        elif isinstance(ind, AssociationRejected):
+            self.on_associate_reject(ind)
+        elif isinstance(ind, ReleaseRequested):
+            if self._inflight is not None or self._queue or self._receiving is not None:
+                # PS3.7: finish the operation in progress before confirming the release.
+                self._release_deferred = True
+            else:
+                self._answer_release()
+        elif isinstance(ind, ReleaseConfirmed):
+            self.on_release_confirmed()
+        elif isinstance(ind, Aborted):
+            self.on_abort(ind)
+
+    def _answer_release(self) -> None:
+        if self.ul.state in (State.Sta8, State.Sta9, State.Sta12):
+            self.ul.release_response()
+
+    def on_associate_request(self, ind: AssociationRequested) -> None:
+        """Acceptor: answer the A-ASSOCIATE-RQ."""
+        self.abort(AbortSource.SERVICE_PROVIDER, AbortReason.UNEXPECTED_PDU)
+
+    def on_associate_accept(self, ind: AssociationAccepted) -> None:
+        """Requestor: the association was accepted."""
+
+    def on_associate_reject(self, ind: AssociationRejected) -> None:
+        """Requestor: the association was rejected."""
+
+    def on_release_confirmed(self) -> None:
+        """The peer confirmed our A-RELEASE request."""
+
+    def on_abort(self, ind: Aborted) -> None:
+        """A-ABORT or A-P-ABORT indication."""
+        if ind.by_peer:
+            log.info("%s: peer aborted (source %d, reason %d)", self.peer, ind.source, ind.reason)
+        elif ind.detail != "transport connection closed":
+            log.warning("%s: association aborted: %s", self.peer, ind.detail)
+
+    def established(self, negotiated: Negotiated) -> None:
+        """Start DIMSE on a negotiated association."""
+        self.negotiated = negotiated
+        self._peer_max = negotiated.peer_max_pdu_length
+        self.assembler = MessageAssembler(accepted_context_ids=frozenset(negotiated.contexts))
+
+    # ------------------------------------------------------------ DIMSE in
+
+    def _on_data(self, ind: DataReceived) -> None:
+        assembler = self.assembler
+        if assembler is None:
+            self.abort(AbortSource.SERVICE_PROVIDER, AbortReason.UNEXPECTED_PDU)
+            return
+        try:
+            for pdv in ind.pdvs:
+                for event in assembler.receive(pdv):
+                    if isinstance(event, DataSetFragment):
+                        self._on_fragment(event)
+                    else:
+                        self._on_command(event)
+        except RemoteProtocolError as exc:
+            log.warning("%s: DIMSE protocol error, A-ABORT sent: %s", self.peer, exc)
+            self.abort(AbortSource.SERVICE_PROVIDER, exc.reason)
+
+    def _on_command(self, event: CommandReceived) -> None:
+        cmd = event.command
+        if cmd.command_field & 0x8000:
+            if cmd.has_dataset:
+                self._receiving_response = (cmd, MemorySink(self.in_memory_limit))
+            else:
+                self._deliver_response(cmd, None)
+            return
+        if cmd.command_field == CommandField.C_CANCEL_RQ:
+            # PS3.7 9.3.2.3: cancel the operation with this Message ID, if still running.
+            if cmd.message_id_being_responded_to is not None:
+                self.cancelled.add(cmd.message_id_being_responded_to)
+            return
+        assert self.negotiated is not None
+        context = self.negotiated.contexts[event.context_id]
+        handler = self.handlers.get(context.abstract_syntax)
+        if cmd.has_dataset:
+            sink: DataSetSink | None = None
+            if handler is not None:
+                sink = handler.sink_for(cmd, context)
+            self._receiving = (cmd, context, sink or MemorySink(self.in_memory_limit))
+            return
+        self._submit(DimseRequest(cmd, context, self.negotiated))
+
+    def _on_fragment(self, event: DataSetFragment) -> None:
+        if self._receiving_response is not None:
+            rsp, msink = self._receiving_response
+            try:
+                msink.write(event.data)
+            except MemoryError as exc:
+                raise RemoteProtocolError(str(exc)) from None
+            if event.is_last:
+                self._receiving_response = None
+                self._deliver_response(rsp, msink.finish())
+            return
+        assert self._receiving is not None and self.negotiated is not None
+        cmd, context, sink = self._receiving
+        try:
+            sink.write(event.data)
+        except MemoryError as exc:
+            sink.discard()
+            raise RemoteProtocolError(f"data set refused: {exc}") from None
+        if event.is_last:
+            self._receiving = None
+            dataset = sink.finish()
+            self._submit(DimseRequest(cmd, context, self.negotiated, dataset, sink))
+
+    def _submit(self, request: DimseRequest) -> None:
+        if self._inflight is not None or self._queue:
+            self._queue.append(request)
+        else:
+            self._run(request)
+
+    def _run(self, request: DimseRequest) -> None:
+        handler = self.handlers.get(request.context.abstract_syntax)
+        responder = _Responder(self, request.context.context_id)
+        if handler is None:
+            # PS3.7 C.5.6: negotiated, but nothing here serves it.
+            responder.send(response_to(request.command, Status.SOP_CLASS_NOT_SUPPORTED))
+            return
+        try:
+            result = handler.handle(request, responder)
+        except DimseStatusError as exc:
+            responder.send(_failure(request.command, exc.status, exc.comment))
+            return
+        except Exception as exc:
+            log.exception("%s: handler failed for message %s", self.peer, request.command.message_id)
+            responder.send(_failure(request.command, Status.PROCESSING_FAILURE, str(exc)))
+            return
+        if result is not None:
+            self._inflight = self.loop.create_task(self._await_handler(result, request, responder))
+
+    async def _await_handler(
+        self, result: Awaitable[None], request: DimseRequest, responder: _Responder
+    ) -> None:
+        try:
+            await result
+        except DimseStatusError as exc:
+            responder.send(_failure(request.command, exc.status, exc.comment))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("%s: handler failed for message %s", self.peer, request.command.message_id)
+            responder.send(_failure(request.command, Status.PROCESSING_FAILURE, str(exc)))
+        finally:
+            self._inflight = None
+        self.cancelled.discard(request.command.message_id or 0)
+        while self._queue and self._inflight is None:
+            self._run(self._queue.popleft())
+        if self._release_deferred and self._inflight is None and not self._queue:
+            self._release_deferred = False
+            self._answer_release()
+        self.flush()
+
+    # ------------------------------------------------------------ DIMSE out
+
+    def send_message(self, context_id: int, command: Command, dataset: bytes | None = None) -> None:
+        """Fragment and send one DIMSE message on a presentation context."""
+        if self.ul.state not in (State.Sta6, State.Sta8):
+            raise AssociationClosed(f"cannot send in {self.ul.state.name}")
+        self.ul.send_pdata(encode_message(context_id, command, dataset, self._peer_max))
+        self.flush()
+
+    async def writable(self) -> None:
+        """Wait until the transport's write buffer has drained below its high-water mark."""
+        await self._writable.wait()
+
+    def expect_responses(
+        self, message_id: int
+    ) -> asyncio.Queue[tuple[Command, bytes | None] | BaseException]:
+        """Register for the responses to a request we are about to send."""
+        queue: asyncio.Queue[tuple[Command, bytes | None] | BaseException] = asyncio.Queue()
+        self._response_queues[message_id] = queue
+        return queue
+
+    def forget_responses(self, message_id: int) -> None:
+        """Stop routing responses for a message ID."""
+        self._response_queues.pop(message_id, None)
+
+    def _deliver_response(self, cmd: Command, dataset: bytes | None) -> None:
+        queue = self._response_queues.get(cmd.message_id_being_responded_to or -1)
+        if queue is None:
+            log.warning(
+                "%s: response to unknown message ID %s ignored", self.peer, cmd.message_id_being_responded_to
+            )
+            return
+        queue.put_nowait((cmd, dataset))
+
+
+def _failure(request: Command, status: int, comment: str) -> Command:
+    fields: dict[str, Any] = {}
+    if comment:
+        fields["error_comment"] = comment[:64]  # PS3.7 E.1: Error Comment is LO
+    return response_to(request, status, **fields)

@@ -1,0 +1,64 @@
+"""A running node: the DICOM server of PS3.8 with the services of the settings, started and stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from pacsnode import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from pacsnode.config.settings import Settings
+from pacsnode.net.server import DicomServer
+from pacsnode.services.catalog import default_registry
+
+log = logging.getLogger("pacsnode")
+
+
+class Node:
+    """One pacsnode device: its data folder and its DICOM listener."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.server = DicomServer(
+            ae_title=settings.node.aet,
+            registry=default_registry(settings),
+            network=settings.network,
+            implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+            implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+        )
+
+    async def start(self) -> None:
+        """Create the data folder and start listening."""
+        node = self.settings.node
+        node.data.mkdir(parents=True, exist_ok=True)
+        await self.server.start(node.host, node.dicom_port)
+        log.info(
+            "pacsnode %s listening for DICOM on %s:%d (data in %s)",
+            node.aet,
+            node.host,
+            self.server.port,
+            node.data.resolve(),
+        )
+        if node.host in ("127.0.0.1", "localhost", "::1"):
+            log.info(
+                "only this machine can connect; to open the node to the network use "
+                "--host 0.0.0.0 (or PACSNODE_HOST, or host in [node])"
+            )
+        log.info("HTTP port %d is reserved for DICOMweb, not served in this release", node.http_port)
+
+    async def close(self) -> None:
+        """Stop accepting, drain running associations, stop."""
+        await self.server.close()
+
+    async def run_forever(self) -> None:
+        """Serve until SIGINT or SIGTERM, then shut down gracefully."""
+        await self.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            log.info("shutting down: draining associations")
+            await self.close()

@@ -1,0 +1,147 @@
+"""PS3.4 service class plumbing: the ports a DIMSE service handler sees, and the registry of services."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pacsnode.dimse.commands import Command
+from pacsnode.ul.negotiation import Negotiated, NegotiatedContext, SOPClassSupport
+
+
+class Responder(Protocol):
+    """Sends DIMSE responses (and, for C-GET, sub-operation requests) on the association."""
+
+    def send(self, command: Command, dataset: bytes | None = None) -> None:
+        """Queue a DIMSE message on the request's presentation context."""
+
+
+class DataSetSink(Protocol):
+    """Where the fragments of an incoming data set go while they arrive (bounded memory)."""
+
+    def write(self, fragment: bytes) -> None:
+        """Append one P-DATA fragment of the data set."""
+
+    def finish(self) -> bytes | None:
+        """The data set is complete; return it in memory, or None when the sink kept it itself."""
+
+    def discard(self) -> None:
+        """The association ended before the data set was complete; drop what was written."""
+
+
+@dataclass(frozen=True, slots=True)
+class DimseRequest:
+    """One DIMSE request as a service handler receives it."""
+
+    command: Command
+    context: NegotiatedContext
+    association: Negotiated
+    dataset: bytes | None = None
+    sink: DataSetSink | None = None
+
+
+class ServiceHandler(Protocol):
+    """A PS3.4 service class provider (SCP) for some SOP classes."""
+
+    def handle(self, request: DimseRequest, responder: Responder) -> Awaitable[None] | None:
+        """Answer one request: return None when done at once, or an awaitable for slow work."""
+
+    def sink_for(self, command: Command, context: NegotiatedContext) -> DataSetSink | None:
+        """A sink for the request's data set, or None to receive it in memory."""
+
+
+class MemorySink:
+    """Collects a (small) data set in memory, refusing more than ``limit`` bytes."""
+
+    __slots__ = ("_parts", "_size", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self._parts: list[bytes] = []
+        self._size = 0
+        self.limit = limit
+
+    def write(self, fragment: bytes) -> None:
+        """Append a fragment; raise MemoryError past the limit."""
+        self._size += len(fragment)
+        if self._size > self.limit:
+            raise MemoryError(f"data set larger than {self.limit} bytes")
+        self._parts.append(fragment)
+
+    def finish(self) -> bytes:
+        """Return the whole data set."""
+        data = b"".join(self._parts)
+        self._parts = []
+        return data
+
+    def discard(self) -> None:
+        """Forget what was written."""
+        self._parts = []
+
+
+@dataclass(frozen=True, slots=True)
+class SOPClass:
+    """A SOP class a service offers, with its name as PS3.4 / PS3.6 give it."""
+
+    uid: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRegistration:
+    """One service class of the node, as negotiation and the conformance statement see it."""
+
+    name: str
+    standard: str  # e.g. "PS3.4 Annex A"
+    sop_classes: tuple[SOPClass, ...]
+    transfer_syntaxes: tuple[str, ...]
+    scp: bool = True
+    scu: bool = False
+    handler: ServiceHandler | None = None
+    requestor_may_be_scp: bool = False
+    notes: str = ""
+    extended_negotiation: str = ""
+
+
+@dataclass
+class ServiceRegistry:
+    """Every service of the node: negotiation's supported SOP classes and the DIMSE dispatch table."""
+
+    registrations: list[ServiceRegistration] = field(default_factory=list)
+
+    def register(self, registration: ServiceRegistration) -> None:
+        """Add a service; a SOP class may belong to one service only."""
+        known = {sop.uid for reg in self.registrations for sop in reg.sop_classes}
+        clash = known.intersection(sop.uid for sop in registration.sop_classes)
+        if clash:
+            raise ValueError(f"SOP classes already registered: {sorted(clash)}")
+        self.registrations.append(registration)
+
+    def extend(self, registrations: Iterable[ServiceRegistration]) -> None:
+        """Register several services."""
+        for registration in registrations:
+            self.register(registration)
+
+    def supported(self) -> Mapping[str, SOPClassSupport]:
+        """What an acceptor offers: SOP classes we provide as SCP, with their transfer syntaxes."""
+        out: dict[str, SOPClassSupport] = {}
+        for reg in self.registrations:
+            if not reg.scp:
+                continue
+            for sop in reg.sop_classes:
+                out[sop.uid] = SOPClassSupport(
+                    sop.uid,
+                    reg.transfer_syntaxes,
+                    requestor_may_be_scu=True,
+                    requestor_may_be_scp=reg.requestor_may_be_scp,
+                )
+        return out
+
+    def handlers(self) -> dict[str, ServiceHandler]:
+        """SOP class UID -> the handler that serves it."""
+        return {
+            sop.uid: reg.handler
+            for reg in self.registrations
+            if reg.handler is not None
+            for sop in reg.sop_classes
+        }
