@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -90,15 +90,15 @@ def serve(
     http_port: Annotated[
         int | None, typer.Option(help="HTTP port (env PACSNODE_HTTP_PORT; default 8042).")
     ] = None,
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logging (-vv: debug).")] = 1,
+    verbose: Annotated[
+        int, typer.Option("--verbose", "-v", count=True, help="More logging (-vv: debug).")
+    ] = 1,
 ) -> None:
     """Run the node: answer DICOM associations until interrupted (Ctrl-C drains and stops)."""
     from pacsnode.net.node import Node
 
     _setup_logging(verbose)
-    settings = _settings(
-        config, data=data, aet=aet, host=host, dicom_port=dicom_port, http_port=http_port
-    )
+    settings = _settings(config, data=data, aet=aet, host=host, dicom_port=dicom_port, http_port=http_port)
     try:
         asyncio.run(Node(settings).run_forever())
     except OSError as exc:
@@ -113,20 +113,12 @@ def serve(
 def echo(
     host: Annotated[str, typer.Argument(help="Peer host name or address.")],
     port: Annotated[int, typer.Argument(help="Peer TCP port.", min=1, max=65535)],
-    aet: Annotated[
-        str, typer.Option("--aet", "-aet", help="Our (calling) AE title.")
-    ] = "PACSNODE",
-    aec: Annotated[
-        str, typer.Option("--aec", "-aec", help="The peer's (called) AE title.")
-    ] = "ANY-SCP",
-    repeat: Annotated[
-        int, typer.Option("--repeat", "-r", min=1, help="Send this many C-ECHO requests.")
-    ] = 1,
+    aet: Annotated[str, typer.Option("--aet", "-aet", help="Our (calling) AE title.")] = "PACSNODE",
+    aec: Annotated[str, typer.Option("--aec", "-aec", help="The peer's (called) AE title.")] = "ANY-SCP",
+    repeat: Annotated[int, typer.Option("--repeat", "-r", min=1, help="Send this many C-ECHO requests.")] = 1,
     associations: Annotated[
         int,
-        typer.Option(
-            "--associations", "-n", min=1, help="Open this many associations one after the other."
-        ),
+        typer.Option("--associations", "-n", min=1, help="Open this many associations one after the other."),
     ] = 1,
     timeout: Annotated[
         float, typer.Option("--timeout", "-to", min=0.001, help="TCP connect timeout, seconds.")
@@ -165,7 +157,7 @@ def echo(
     raise typer.Exit(0 if ok else 1)
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     """Output formats of the conformance statement."""
 
     markdown = "markdown"

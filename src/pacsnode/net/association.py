@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from collections import deque
 from collections.abc import Awaitable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from pacsnode.dimse.assembler import CommandReceived, DataSetFragment, MessageAssembler
 from pacsnode.dimse.commands import Command, CommandField
@@ -102,21 +103,26 @@ class AssociationProtocol(asyncio.Protocol):
     # ------------------------------------------------------------ asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             # Nagle would hold back the last PDU of a message waiting for an ACK.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._sock = sock
+            if _TCP_QUICKACK is not None:
+                # uvloop hands out a pseudo-socket whose every call builds a new
+                # socket object; a dup of the descriptor makes the per-read
+                # setsockopt one plain system call.
+                with contextlib.suppress(OSError):
+                    self._sock = socket.socket(fileno=os.dup(sock.fileno()))
         self.ul.transport_connected()
         self.flush()
 
     def data_received(self, data: bytes) -> None:
         self.last_rx = self.loop.time()
-        if self._sock is not None and _TCP_QUICKACK is not None:
+        if self._sock is not None:
             # ACK at once, so a peer with Nagle on sends its next segment without
             # waiting for our delayed ACK (Linux re-arms delayed ACKs, so per read).
             with contextlib.suppress(OSError):
@@ -130,6 +136,9 @@ class AssociationProtocol(asyncio.Protocol):
         self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
         for ind in self.ul.connection_lost():
             self._on_indication(ind)
         self._cleanup(AssociationClosed("connection closed" + (f": {exc}" if exc else "")))
