@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from rich.console import Console
@@ -10,6 +9,7 @@ from rich.progress import Progress
 
 from pacsnode.dimse.status import describe
 from pacsnode.net.client import AssociationError, open_association
+from pacsnode.net.loop import run_loop
 
 
 async def _echo(
@@ -91,4 +91,4 @@ async def _echo(
 
 def run_echo(host: str, port: int, **options: object) -> bool:
     """Run the echoes; True when every C-ECHO answered Success."""
-    return asyncio.run(_echo(host, port, **options))  # type: ignore[arg-type]
+    return run_loop(_echo(host, port, **options))  # type: ignore[arg-type]

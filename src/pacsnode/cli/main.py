@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 from enum import StrEnum
@@ -15,6 +14,7 @@ from rich.logging import RichHandler
 
 from pacsnode import __version__
 from pacsnode.config.settings import ConfigError, Settings, load_settings
+from pacsnode.net.loop import run_loop
 
 app = typer.Typer(
     name="pacsnode",
@@ -100,7 +100,7 @@ def serve(
     _setup_logging(verbose)
     settings = _settings(config, data=data, aet=aet, host=host, dicom_port=dicom_port, http_port=http_port)
     try:
-        asyncio.run(Node(settings).run_forever())
+        run_loop(Node(settings).run_forever())
     except OSError as exc:
         raise _fail(
             f"cannot listen on {settings.node.host}:{settings.node.dicom_port}: {exc.strerror or exc}"

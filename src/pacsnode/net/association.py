@@ -35,7 +35,7 @@ from pacsnode.ul.state import State
 
 log = logging.getLogger("pacsnode.net")
 
-_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+_TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 _DEFAULT_IN_MEMORY_LIMIT = 64 << 20
 
 
@@ -122,7 +122,7 @@ class AssociationProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_rx = self.loop.time()
-        if self._sock is not None:
+        if self._sock is not None and _TCP_QUICKACK is not None:
             # ACK at once, so a peer with Nagle on sends its next segment without
             # waiting for our delayed ACK (Linux re-arms delayed ACKs, so per read).
             with contextlib.suppress(OSError):
