@@ -101,6 +101,8 @@ class ServiceRegistration:
     requestor_may_be_scp: bool = False
     notes: str = ""
     extended_negotiation: str = ""
+    # PS3.2 A.4.2: the status codes the SCP returns, each with when it returns it.
+    status_codes: tuple[tuple[int, str], ...] = ()
 
 
 @dataclass

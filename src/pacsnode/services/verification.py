@@ -42,4 +42,11 @@ def verification_service() -> ServiceRegistration:
         scp=True,
         scu=True,
         handler=VerificationSCP(),
+        status_codes=(
+            (Status.SUCCESS, "Every C-ECHO-RQ is answered with Success (PS3.4 A.4)."),
+            (
+                Status.UNRECOGNIZED_OPERATION,
+                "A DIMSE command other than C-ECHO-RQ on a Verification presentation context.",
+            ),
+        ),
     )
