@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydicom.uid import UID, UID_dictionary
+from pydicom.uid import UID
 
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
@@ -21,8 +21,7 @@ VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
 
 def uid_name(uid: str) -> str:
     """The registered name of a UID (PS3.6 Annex A), or the UID itself when unknown."""
-    entry = UID_dictionary.get(uid)
-    return entry[0] if entry else uid
+    return str(UID(uid).name) or uid
 
 
 def is_valid_uid(uid: str) -> bool:
