@@ -11,7 +11,7 @@ from pacsnode.net.association import AssociationProtocol
 from pacsnode.services.base import ServiceHandler, ServiceRegistry
 from pacsnode.ul.connection import AssociationRequested, Role
 from pacsnode.ul.errors import AbortReason, AbortSource
-from pacsnode.ul.negotiation import AcceptorPolicy, negotiate
+from pacsnode.ul.negotiation import AcceptorPolicy, UserIdentityPolicy, negotiate
 from pacsnode.ul.pdu import AssociateRJ
 from pacsnode.ul.state import State
 
@@ -118,6 +118,7 @@ class DicomServer:
         network: NetworkSettings,
         implementation_class_uid: str,
         implementation_version_name: str,
+        user_identity: UserIdentityPolicy | None = None,
     ) -> None:
         self.network = network
         self.registry = registry
@@ -133,6 +134,8 @@ class DicomServer:
             allowed_calling_ae_titles=(
                 frozenset(network.allowed_calling_aets) if network.allowed_calling_aets is not None else None
             ),
+            user_identity=user_identity,
+            extended_negotiation=registry.extended_negotiation,
         )
         self.connections: set[AcceptorProtocol] = set()
         self.active = 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -101,6 +101,8 @@ class ServiceRegistration:
     requestor_may_be_scp: bool = False
     notes: str = ""
     extended_negotiation: str = ""
+    # PS3.7 D.3.3.5: answers a SOP Class Extended Negotiation sub-item (None: no answer).
+    negotiate_extended: Callable[[str, bytes], bytes | None] | None = None
     # PS3.2 A.4.2: the status codes the SCP returns, each with when it returns it.
     status_codes: tuple[tuple[int, str], ...] = ()
 
@@ -138,6 +140,13 @@ class ServiceRegistry:
                     requestor_may_be_scp=reg.requestor_may_be_scp,
                 )
         return out
+
+    def extended_negotiation(self, sop_class_uid: str, information: bytes) -> bytes | None:
+        """PS3.7 D.3.3.5: let the service of a SOP class answer its extended negotiation item."""
+        for reg in self.registrations:
+            if reg.negotiate_extended is not None and any(s.uid == sop_class_uid for s in reg.sop_classes):
+                return reg.negotiate_extended(sop_class_uid, information)
+        return None
 
     def handlers(self) -> dict[str, ServiceHandler]:
         """SOP class UID -> the handler that serves it."""
