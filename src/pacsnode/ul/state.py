@@ -47,6 +47,9 @@ class Event(enum.Enum):
     Evt19 = "Unrecognized or invalid PDU received"
 
 
+# @enum.unique: two actions with the same text would silently become aliases of
+# one member (AA-5 and AR-5 are both "Stop ARTIM timer" in PS3.8), merging cells.
+@enum.unique
 class Action(enum.Enum):
     """PS3.8 Tables 9-6 to 9-9: the actions, with the state each one leads to."""
 
@@ -74,7 +77,8 @@ class Action(enum.Enum):
     AA_2 = "Stop ARTIM timer if running; close transport connection"
     AA_3 = "Issue A-ABORT or A-P-ABORT indication and close transport connection"
     AA_4 = "Issue A-P-ABORT indication primitive"
-    AA_5 = "Stop ARTIM timer"
+    # Same words as AR-5 in PS3.8; the suffix keeps it a distinct member (was an alias of AR_5).
+    AA_5 = "Stop ARTIM timer (transport closed before A-ASSOCIATE-RQ)"
     AA_6 = "Ignore PDU"
     AA_7 = "Send A-ABORT PDU"
     AA_8 = "Send A-ABORT PDU (service-provider source), issue A-P-ABORT indication, start ARTIM"
