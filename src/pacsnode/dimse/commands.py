@@ -208,10 +208,6 @@ _U32 = struct.Struct("<I")
 _Encoder = Callable[[int, Any], bytes]
 
 
-def _key(tag: int) -> int:
-    return (tag & 0xFFFF) << 16 | tag >> 16
-
-
 def _encode_us(key: int, value: int) -> bytes:
     return _US_ELEMENT.pack(key, 2, value)
 
@@ -260,7 +256,7 @@ _ENCODED = tuple(e for e in COMMAND_ELEMENTS if e.tag != CommandTag.CommandGroup
 _ENCODERS: tuple[tuple[int, int, _Encoder], ...] = tuple(
     (
         e.tag,
-        _key(e.tag),
+        e.tag << 16,
         _encode_dataset_type if e.tag == CommandTag.CommandDataSetType else _ENCODE_BY_VR[e.vr],
     )
     for e in _ENCODED
@@ -282,7 +278,7 @@ def encode_command(cmd: Command) -> bytes:
         for tag, raw in cmd.extra.items():
             if tag > 0xFFFF or tag in VR:
                 raise ValueError(f"extra element {tag:08X} is not an unknown group 0000 element")
-            elements.append((tag, _HEADER.pack(_key(tag), len(raw)) + raw))
+            elements.append((tag, _HEADER.pack(tag << 16, len(raw)) + raw))
         elements.sort(key=itemgetter(0))  # PS3.5 7.1: ascending tag order
         body = b"".join([raw for _, raw in elements])
     # PS3.7 E.1: (0000,0000) Command Group Length = bytes after its own element.

@@ -25,13 +25,14 @@ def fragment_size(max_pdu_length: int) -> int:
     return max_pdu_length - PDV_OVERHEAD
 
 
+def _last_fragment_start(total: int, size: int) -> int:
+    """Where the last fragment of `total` bytes begins: it holds 1..size bytes (0 if there are none)."""
+    return total - ((total - 1) % size + 1) if total else 0
+
+
 def _fragments(context_id: int, is_command: bool, data: bytes | memoryview, size: int) -> Iterator[bytes]:
     view = memoryview(data)
-    total = len(view)
-    if total <= size:
-        yield encode_pdata(context_id, is_command, True, bytes(view))  # PS3.8 E.2: last fragment
-        return
-    last_start = total - ((total - 1) % size + 1)
+    last_start = _last_fragment_start(len(view), size)
     for start in range(0, last_start, size):
         yield encode_pdata(context_id, is_command, False, bytes(view[start : start + size]))
     yield encode_pdata(context_id, is_command, True, bytes(view[last_start:]))  # PS3.8 E.2
@@ -62,7 +63,7 @@ def fragment_dataset_stream(context_id: int, chunks: Iterable[bytes], max_pdu_le
         pending += chunk
         if len(pending) > size:
             with memoryview(pending) as view:
-                cut = len(view) - ((len(view) - 1) % size + 1)
+                cut = _last_fragment_start(len(view), size)
                 for start in range(0, cut, size):
                     yield encode_pdata(context_id, False, False, bytes(view[start : start + size]))
             del pending[:cut]

@@ -59,131 +59,57 @@ _M, _X, _C, _U = (
 )
 _F = CommandField
 
+
+def _spec(
+    name: str, section: str, mandatory: tuple[str, ...], optional: tuple[str, ...], data_set: DataSetUsage
+) -> MessageSpec:
+    return MessageSpec(
+        name, CommandField[name.replace("-", "_")], f"PS3.7 {section}", mandatory, optional, data_set
+    )
+
+
+_MOVE_ORIGINATOR = ("move_originator_application_entity_title", "move_originator_message_id")
+_C_RSP = (_SOP_CLASS, *_STATUS_DETAIL)
+_N_RSP = (_SOP_CLASS, _INSTANCE, *_STATUS_DETAIL)
+
 MESSAGES: dict[int, MessageSpec] = {
     spec.command_field: spec
     for spec in (
         # PS3.7 9.3.1: C-STORE (Tables 9.3-1, 9.3-2)
-        MessageSpec(
-            "C-STORE-RQ",
-            _F.C_STORE_RQ,
-            "PS3.7 9.3.1.1",
-            (_SOP_CLASS, *_RQ, "priority", _INSTANCE),
-            ("move_originator_application_entity_title", "move_originator_message_id"),
-            _M,
-        ),
-        MessageSpec(
-            "C-STORE-RSP", _F.C_STORE_RSP, "PS3.7 9.3.1.2", _RSP, (_SOP_CLASS, _INSTANCE, *_STATUS_DETAIL), _X
-        ),
+        _spec("C-STORE-RQ", "9.3.1.1", (_SOP_CLASS, *_RQ, "priority", _INSTANCE), _MOVE_ORIGINATOR, _M),
+        _spec("C-STORE-RSP", "9.3.1.2", _RSP, (_SOP_CLASS, _INSTANCE, *_STATUS_DETAIL), _X),
         # PS3.7 9.3.2: C-FIND (Tables 9.3-3, 9.3-4); the Identifier comes with Pending responses.
-        MessageSpec("C-FIND-RQ", _F.C_FIND_RQ, "PS3.7 9.3.2.1", (_SOP_CLASS, *_RQ, "priority"), (), _M),
-        MessageSpec("C-FIND-RSP", _F.C_FIND_RSP, "PS3.7 9.3.2.2", _RSP, (_SOP_CLASS, *_STATUS_DETAIL), _C),
+        _spec("C-FIND-RQ", "9.3.2.1", (_SOP_CLASS, *_RQ, "priority"), (), _M),
+        _spec("C-FIND-RSP", "9.3.2.2", _RSP, _C_RSP, _C),
         # PS3.7 9.3.3: C-GET (Tables 9.3-6, 9.3-7)
-        MessageSpec("C-GET-RQ", _F.C_GET_RQ, "PS3.7 9.3.3.1", (_SOP_CLASS, *_RQ, "priority"), (), _M),
-        MessageSpec(
-            "C-GET-RSP",
-            _F.C_GET_RSP,
-            "PS3.7 9.3.3.2",
-            _RSP,
-            (_SOP_CLASS, *_SUBOPERATIONS, *_STATUS_DETAIL),
-            _C,
-        ),
+        _spec("C-GET-RQ", "9.3.3.1", (_SOP_CLASS, *_RQ, "priority"), (), _M),
+        _spec("C-GET-RSP", "9.3.3.2", _RSP, (*_C_RSP, *_SUBOPERATIONS), _C),
         # PS3.7 9.3.4: C-MOVE (Tables 9.3-9, 9.3-10)
-        MessageSpec(
-            "C-MOVE-RQ",
-            _F.C_MOVE_RQ,
-            "PS3.7 9.3.4.1",
-            (_SOP_CLASS, *_RQ, "priority", "move_destination"),
-            (),
-            _M,
-        ),
-        MessageSpec(
-            "C-MOVE-RSP",
-            _F.C_MOVE_RSP,
-            "PS3.7 9.3.4.2",
-            _RSP,
-            (_SOP_CLASS, *_SUBOPERATIONS, *_STATUS_DETAIL),
-            _C,
-        ),
+        _spec("C-MOVE-RQ", "9.3.4.1", (_SOP_CLASS, *_RQ, "priority", "move_destination"), (), _M),
+        _spec("C-MOVE-RSP", "9.3.4.2", _RSP, (*_C_RSP, *_SUBOPERATIONS), _C),
         # PS3.7 9.3.5: C-ECHO (Tables 9.3-12, 9.3-13)
-        MessageSpec("C-ECHO-RQ", _F.C_ECHO_RQ, "PS3.7 9.3.5.1", (_SOP_CLASS, *_RQ), (), _X),
-        MessageSpec("C-ECHO-RSP", _F.C_ECHO_RSP, "PS3.7 9.3.5.2", _RSP, (_SOP_CLASS, *_STATUS_DETAIL), _X),
+        _spec("C-ECHO-RQ", "9.3.5.1", (_SOP_CLASS, *_RQ), (), _X),
+        _spec("C-ECHO-RSP", "9.3.5.2", _RSP, _C_RSP, _X),
         # PS3.7 9.3.2.3, 9.3.3.3, 9.3.4.3: C-CANCEL-FIND/GET/MOVE-RQ share one command field.
-        MessageSpec(
-            "C-CANCEL-RQ", _F.C_CANCEL_RQ, "PS3.7 9.3.2.3", ("message_id_being_responded_to",), (), _X
-        ),
+        _spec("C-CANCEL-RQ", "9.3.2.3", ("message_id_being_responded_to",), (), _X),
         # PS3.7 10.3.1: N-EVENT-REPORT (Tables 10.3-1, 10.3-2)
-        MessageSpec(
-            "N-EVENT-REPORT-RQ",
-            _F.N_EVENT_REPORT_RQ,
-            "PS3.7 10.3.1.1",
-            (_SOP_CLASS, *_RQ, _INSTANCE, "event_type_id"),
-            (),
-            _U,
-        ),
-        MessageSpec(
-            "N-EVENT-REPORT-RSP",
-            _F.N_EVENT_REPORT_RSP,
-            "PS3.7 10.3.1.2",
-            _RSP,
-            (_SOP_CLASS, _INSTANCE, "event_type_id", *_STATUS_DETAIL),
-            _U,
-        ),
-        # PS3.7 10.3.2: N-GET (Tables 10.3-3, 10.3-4)
-        MessageSpec(
-            "N-GET-RQ",
-            _F.N_GET_RQ,
-            "PS3.7 10.3.2.1",
-            (_REQ_CLASS, *_RQ, _REQ_INSTANCE),
-            ("attribute_identifier_list",),
-            _X,
-        ),
-        MessageSpec(
-            "N-GET-RSP", _F.N_GET_RSP, "PS3.7 10.3.2.2", _RSP, (_SOP_CLASS, _INSTANCE, *_STATUS_DETAIL), _C
-        ),
+        _spec("N-EVENT-REPORT-RQ", "10.3.1.1", (_SOP_CLASS, *_RQ, _INSTANCE, "event_type_id"), (), _U),
+        _spec("N-EVENT-REPORT-RSP", "10.3.1.2", _RSP, (*_N_RSP, "event_type_id"), _U),
+        # PS3.7 10.3.2: N-GET (Tables 10.3-3, 10.3-4); no attribute list means all attributes.
+        _spec("N-GET-RQ", "10.3.2.1", (_REQ_CLASS, *_RQ, _REQ_INSTANCE), ("attribute_identifier_list",), _X),
+        _spec("N-GET-RSP", "10.3.2.2", _RSP, _N_RSP, _C),
         # PS3.7 10.3.3: N-SET (Tables 10.3-5, 10.3-6)
-        MessageSpec("N-SET-RQ", _F.N_SET_RQ, "PS3.7 10.3.3.1", (_REQ_CLASS, *_RQ, _REQ_INSTANCE), (), _M),
-        MessageSpec(
-            "N-SET-RSP", _F.N_SET_RSP, "PS3.7 10.3.3.2", _RSP, (_SOP_CLASS, _INSTANCE, *_STATUS_DETAIL), _U
-        ),
+        _spec("N-SET-RQ", "10.3.3.1", (_REQ_CLASS, *_RQ, _REQ_INSTANCE), (), _M),
+        _spec("N-SET-RSP", "10.3.3.2", _RSP, _N_RSP, _U),
         # PS3.7 10.3.4: N-ACTION (Tables 10.3-7, 10.3-8)
-        MessageSpec(
-            "N-ACTION-RQ",
-            _F.N_ACTION_RQ,
-            "PS3.7 10.3.4.1",
-            (_REQ_CLASS, *_RQ, _REQ_INSTANCE, "action_type_id"),
-            (),
-            _U,
-        ),
-        MessageSpec(
-            "N-ACTION-RSP",
-            _F.N_ACTION_RSP,
-            "PS3.7 10.3.4.2",
-            _RSP,
-            (_SOP_CLASS, _INSTANCE, "action_type_id", *_STATUS_DETAIL),
-            _U,
-        ),
+        _spec("N-ACTION-RQ", "10.3.4.1", (_REQ_CLASS, *_RQ, _REQ_INSTANCE, "action_type_id"), (), _U),
+        _spec("N-ACTION-RSP", "10.3.4.2", _RSP, (*_N_RSP, "action_type_id"), _U),
         # PS3.7 10.3.5: N-CREATE (Tables 10.3-9, 10.3-10); the SCP may assign the instance UID.
-        MessageSpec("N-CREATE-RQ", _F.N_CREATE_RQ, "PS3.7 10.3.5.1", (_SOP_CLASS, *_RQ), (_INSTANCE,), _U),
-        MessageSpec(
-            "N-CREATE-RSP",
-            _F.N_CREATE_RSP,
-            "PS3.7 10.3.5.2",
-            _RSP,
-            (_SOP_CLASS, _INSTANCE, *_STATUS_DETAIL),
-            _U,
-        ),
+        _spec("N-CREATE-RQ", "10.3.5.1", (_SOP_CLASS, *_RQ), (_INSTANCE,), _U),
+        _spec("N-CREATE-RSP", "10.3.5.2", _RSP, _N_RSP, _U),
         # PS3.7 10.3.6: N-DELETE (Tables 10.3-11, 10.3-12)
-        MessageSpec(
-            "N-DELETE-RQ", _F.N_DELETE_RQ, "PS3.7 10.3.6.1", (_REQ_CLASS, *_RQ, _REQ_INSTANCE), (), _X
-        ),
-        MessageSpec(
-            "N-DELETE-RSP",
-            _F.N_DELETE_RSP,
-            "PS3.7 10.3.6.2",
-            _RSP,
-            (_SOP_CLASS, _INSTANCE, *_STATUS_DETAIL),
-            _X,
-        ),
+        _spec("N-DELETE-RQ", "10.3.6.1", (_REQ_CLASS, *_RQ, _REQ_INSTANCE), (), _X),
+        _spec("N-DELETE-RSP", "10.3.6.2", _RSP, _N_RSP, _X),
     )
 }
 

@@ -328,7 +328,7 @@ class AssociationProtocol(asyncio.Protocol):
         handler = self.handlers.get(request.context.abstract_syntax)
         responder = _Responder(self, request.context.context_id)
         if handler is None:
-            # PS3.7 C.5.6: negotiated, but nothing here serves it.
+            # PS3.7 Annex C (0122H SOP Class Not Supported): negotiated, but nothing serves it.
             responder.send(response_to(request.command, Status.SOP_CLASS_NOT_SUPPORTED))
             return
         try:
@@ -401,7 +401,5 @@ class AssociationProtocol(asyncio.Protocol):
 
 
 def _failure(request: Command, status: int, comment: str) -> Command:
-    fields: dict[str, Any] = {}
-    if comment:
-        fields["error_comment"] = comment[:64]  # PS3.7 E.1: Error Comment is LO
+    fields: dict[str, Any] = {"error_comment": comment} if comment else {}
     return response_to(request, status, **fields)

@@ -24,7 +24,7 @@ class VerificationSCP:
         if request.command.command_field == CommandField.C_ECHO_RQ:
             responder.send(response_to(request.command, Status.SUCCESS))
         else:
-            # PS3.7 C.4.2: the command is not one this SOP class knows.
+            # PS3.7 Annex C (0211H Unrecognized Operation): not a command of this SOP class.
             responder.send(response_to(request.command, Status.UNRECOGNIZED_OPERATION))
 
     def sink_for(self, command: Command, context: NegotiatedContext) -> DataSetSink | None:
