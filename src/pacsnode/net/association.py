@@ -127,13 +127,18 @@ class AssociationProtocol(asyncio.Protocol):
             # waiting for our delayed ACK (Linux re-arms delayed ACKs, so per read).
             with contextlib.suppress(OSError):
                 self._sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
-        indications = self.ul.receive_data(data)
-        if self.ul.last_error is not None and self.ul.state is State.Sta13:
-            log.warning("%s: protocol error, A-ABORT sent: %s", self.peer, self.ul.last_error)
-            self.ul.last_error = None
-        for ind in indications:
-            self._on_indication(ind)
-        self.flush()
+        try:
+            indications = self.ul.receive_data(data)
+            if self.ul.last_error is not None:
+                log.warning("%s: protocol error, A-ABORT sent: %s", self.peer, self.ul.last_error)
+                self.ul.last_error = None
+            for ind in indications:
+                self._on_indication(ind)
+            self.flush()
+        except Exception:
+            # A bug of ours must cost this association only, never the process.
+            log.exception("%s: internal error, aborting the association", self.peer)
+            self.abort(AbortSource.SERVICE_PROVIDER, AbortReason.NOT_SPECIFIED)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._sock is not None:
