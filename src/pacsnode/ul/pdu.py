@@ -18,6 +18,7 @@ _PDATA_ONE = struct.Struct(">BBIIBB")
 
 DICOM_APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"  # PS3.7 A.2.1
 ASSOCIATE_FIXED_LENGTH = 68  # PS3.8 9.3.2: bytes 7-74 of the A-ASSOCIATE-RQ/AC PDU
+HARD_PDU_CAP = 64 << 20  # never buffer a PDU larger than this, whatever was advertised
 
 
 class PDUType(enum.IntEnum):
@@ -696,10 +697,10 @@ class PDUReader:
             raise RemoteProtocolError(f"unrecognised PDU type 0x{pdu_type:02X}", AbortReason.UNRECOGNIZED_PDU)
         if pdu_type == PDUType.P_DATA_TF:
             # PS3.8 D.1: a P-DATA-TF may not exceed the Maximum Length we advertised.
-            if self.max_pdata_length and length > self.max_pdata_length:
-                raise _invalid(
-                    f"P-DATA-TF of {length} bytes exceeds our maximum PDU length {self.max_pdata_length}"
-                )
+            # With no advertised limit (0) a hard cap still bounds what we buffer.
+            limit = self.max_pdata_length or HARD_PDU_CAP
+            if length > limit:
+                raise _invalid(f"P-DATA-TF of {length} bytes exceeds our maximum PDU length {limit}")
         elif length > self.max_other_length:
             raise _invalid(
                 f"{PDUType(pdu_type).name} of {length} bytes exceeds our limit {self.max_other_length}"
