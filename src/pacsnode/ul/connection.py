@@ -119,9 +119,6 @@ class UpperLayer:
         self._indications: list[Indication] = []
         self._abort_pdu = _pdu.Abort()
         self._broken = False
-        self._actions: dict[Action, Callable[[object], None]] = {
-            action: getattr(self, "_" + action.name.replace("_", "").lower()) for action in Action
-        }
 
     # ------------------------------------------------------------ plumbing
 
@@ -137,7 +134,7 @@ class UpperLayer:
         action = transition(event, self.state)
         if action is None:
             raise LocalProtocolError(f"{event.name} ({event.value}) is not valid in {self.state.name}")
-        self._actions[action](arg)
+        _ACTIONS[action](self, arg)
         nxt = NEXT_STATE[action]
         if nxt is not None:
             self.state = nxt
@@ -364,3 +361,9 @@ class UpperLayer:
         detail = str(arg) if isinstance(arg, RemoteProtocolError) else "unexpected PDU"
         self._indications.append(Aborted(abort.source, abort.reason, by_peer=False, detail=detail))
         self.artim_running = True
+
+
+# Action -> the method performing it (AE_1 -> UpperLayer._ae1), built once for the class.
+_ACTIONS: dict[Action, Callable[[UpperLayer, object], None]] = {
+    action: getattr(UpperLayer, "_" + action.name.replace("_", "").lower()) for action in Action
+}
