@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 
 from pacsnode.dimse.status import describe
@@ -47,7 +48,8 @@ async def _echo(
                     dimse_timeout=dimse_timeout,
                 )
             except AssociationError as exc:
-                console.print(f"[bold red]error:[/] {exc}", highlight=False)
+                # Fix (tests/cli): escaped, the text may hold "[...]" that Rich took for markup.
+                console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
                 return False
             if verbose:
                 n = assoc.negotiated
@@ -56,6 +58,7 @@ async def _echo(
                     f"{n.peer_implementation_class_uid} {n.peer_implementation_version_name}; "
                     f"peer max PDU {n.peer_max_pdu_length}",
                     highlight=False,
+                    markup=False,  # Fix (tests/cli): peer-supplied text, not Rich markup
                 )
             try:
                 for _ in range(repeat):
@@ -71,7 +74,7 @@ async def _echo(
                     elif verbose:
                         console.print("C-ECHO response: 0x0000 Success", highlight=False)
             except AssociationError as exc:
-                console.print(f"[bold red]error:[/] {exc}", highlight=False)
+                console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
                 assoc.abort()
                 return False
             if abort:

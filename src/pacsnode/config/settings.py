@@ -39,6 +39,13 @@ class NodeSettings(BaseModel):
     dicom_port: int = Field(default=11112, ge=0, le=65535)
     http_port: int = Field(default=8042, ge=0, le=65535)
 
+    # Fix (tests/net): validated on the field, so that an error names [node] aet and
+    # where it came from; as a validator of Settings.node it was reported as ": ...".
+    @field_validator("aet")
+    @classmethod
+    def _aet(cls, value: str) -> str:
+        return _check_ae_title(value)
+
 
 class NetworkSettings(BaseModel):
     """The ``[network]`` table: association policy and timers (PS3.8 9.1.5 ARTIM and friends)."""
@@ -68,11 +75,6 @@ class Settings(BaseModel):
 
     node: NodeSettings = Field(default_factory=NodeSettings)
     network: NetworkSettings = Field(default_factory=NetworkSettings)
-
-    @field_validator("node")
-    @classmethod
-    def _node_aet(cls, value: NodeSettings) -> NodeSettings:
-        return value.model_copy(update={"aet": _check_ae_title(value.aet)})
 
 
 # Environment variables of the command-line contract -> (table, key).

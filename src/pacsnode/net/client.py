@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from pacsnode import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from pacsnode.data.uids import UNCOMPRESSED_TRANSFER_SYNTAXES, VERIFICATION_SOP_CLASS
@@ -103,6 +104,11 @@ class RequestorProtocol(AssociationProtocol):
         self.ul.request_association(request)
         self.associated: asyncio.Future[Negotiated] = self.loop.create_future()
         self.released: asyncio.Future[None] = self.loop.create_future()
+        for fut in (self.associated, self.released):
+            # Fix (tests/cli): after a reject or an abort nobody awaits ``released``;
+            # asyncio then logged "Future exception was never retrieved" at exit
+            # (seen under `pacsnode echo` to a peer that rejects).  Awaiting still raises.
+            fut.add_done_callback(_mark_retrieved)
 
     def on_associate_accept(self, ind: AssociationAccepted) -> None:
         try:
@@ -136,6 +142,11 @@ class RequestorProtocol(AssociationProtocol):
         for fut in (self.associated, self.released):
             if not fut.done():
                 fut.set_exception(AssociationAbortedError("connection closed by peer"))
+
+
+def _mark_retrieved(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 class Association:

@@ -36,7 +36,10 @@ class AcceptorProtocol(AssociationProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.server.connections.add(self)
         super().connection_made(transport)
-        self._arm_watchdog(self.server.network.read_timeout)
+        net = self.server.network
+        # Fix (tests/net): first check at the nearer of the two timers; arming at
+        # read_timeout alone let an idle_timeout shorter than it fire late.
+        self._arm_watchdog(min(net.read_timeout, net.idle_timeout))
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
@@ -93,7 +96,10 @@ class AcceptorProtocol(AssociationProtocol):
         net = self.server.network
         now = self.loop.time()
         busy = self._inflight is not None or self._receiving is not None
-        if self.ul.reader.buffered or self._receiving is not None:
+        # Fix (tests/net): a command set whose last fragment never comes is an incomplete
+        # message too; it used to wait for the idle timeout instead of the read timeout.
+        partial = self.assembler is not None and self.assembler.in_message
+        if self.ul.reader.buffered or self._receiving is not None or partial:
             limit, what = net.read_timeout, "read timeout (incomplete PDU or data set)"
         elif self.ul.state is State.Sta6 and not busy:
             limit, what = net.idle_timeout, "idle timeout"
@@ -104,7 +110,11 @@ class AcceptorProtocol(AssociationProtocol):
             log.warning("%s: %s after %.1f s, aborting", self.peer, what, limit)
             self.abort(AbortSource.SERVICE_PROVIDER, AbortReason.NOT_SPECIFIED)
             return
-        self._arm_watchdog(max(deadline - now, 0.05) if what else limit)
+        # Fix (tests/net): never re-check later than one read_timeout from now. Re-arming
+        # at the idle deadline (600 s by default) let a PDU left half-sent after this
+        # check go unnoticed far past read_timeout.
+        nxt = min(deadline - now, net.read_timeout) if what else min(limit, net.read_timeout)
+        self._arm_watchdog(max(nxt, 0.05))
 
 
 class DicomServer:

@@ -1,0 +1,1 @@
+"""Benchmarks of pacsnode against real DICOM peers, printing ratios."""

@@ -1,0 +1,181 @@
+"""`pacsnode serve` as a real process: it logs where it listens, answers DCMTK and our own echo,
+reads file < environment < flags, and stops cleanly (exit 0) on SIGINT / SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from pacsnode.net.blocking import connect
+from peerkit import HOST, PACSNODE, WAIT, free_port, need_tool, run_tool
+
+LISTENING = r"pacsnode (\S+) listening for DICOM on ([0-9.]+):(\d+)"
+
+
+class Serve:
+    """A `pacsnode serve` process whose merged output we read as it comes."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> None:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("PACSNODE_")}
+        base["COLUMNS"] = "250"  # one log record per line
+        self.proc = subprocess.Popen(
+            [PACSNODE, "serve", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env={**base, **(env or {})},
+            cwd=cwd,
+        )
+        self.output = ""
+
+    def wait_for(self, pattern: str, timeout: float = WAIT) -> re.Match[str]:
+        """Read output until ``pattern`` appears (waiting on the pipe, bounded by ``timeout``)."""
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as sel:
+            sel.register(fd, selectors.EVENT_READ)
+            while True:
+                m = re.search(pattern, self.output)
+                if m:
+                    return m
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"no {pattern!r} within {timeout} s:\n{self.output}")
+                if not sel.select(remaining):
+                    continue
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    code = self.proc.wait(WAIT)
+                    raise AssertionError(f"exited with {code} before {pattern!r}:\n{self.output}")
+                self.output += chunk.decode(errors="replace")
+
+    def stop(self, sig: int = signal.SIGINT) -> int:
+        """Send ``sig`` and wait for the exit code; the rest of the output is kept."""
+        self.proc.send_signal(sig)
+        rest, _ = self.proc.communicate(timeout=WAIT + 15)
+        self.output += rest.decode(errors="replace")
+        return self.proc.returncode
+
+    def wait(self) -> int:
+        """Wait for the process to exit by itself."""
+        rest, _ = self.proc.communicate(timeout=WAIT + 15)
+        self.output += rest.decode(errors="replace")
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate(timeout=WAIT)
+
+
+@pytest.fixture
+def serve(tmp_path) -> Iterator:
+    started: list[Serve] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Serve:
+        s = Serve(list(args), env=env, cwd=str(tmp_path))
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.kill()
+
+
+@pytest.mark.interop
+def test_serve_echoscu_then_sigint(serve, tmp_path):
+    need_tool("echoscu")
+    port = free_port()
+    data = tmp_path / "data"
+    node = serve("--dicom-port", str(port), "--data", str(data))
+    m = node.wait_for(LISTENING)
+    assert (m[1], m[2], int(m[3])) == ("PACSNODE", HOST, port)
+    assert data.is_dir()
+    r = run_tool(["echoscu", "-v", "-aec", "PACSNODE", HOST, str(port)])
+    assert r.returncode == 0, r.stdout
+    assert "Received Echo Response (Success)" in r.stdout
+    node.wait_for(r"association ECHOSCU -> PACSNODE accepted")
+    assert node.stop(signal.SIGINT) == 0, node.output
+    assert "shutting down" in node.output
+    assert "Traceback" not in node.output
+
+
+def test_serve_port_zero_and_sigterm(serve, tmp_path):
+    node = serve("--dicom-port", "0", "--data", str(tmp_path / "d"))
+    port = int(node.wait_for(LISTENING)[3])
+    assert port != 0  # the log names the port actually bound
+    r = run_tool([PACSNODE, "echo", HOST, str(port), "--aec", "PACSNODE", "-r", "3"])
+    assert r.returncode == 0, r.stdout
+    assert node.stop(signal.SIGTERM) == 0, node.output
+
+
+def test_serve_drains_an_open_association_on_sigint(serve, tmp_path):
+    node = serve("--dicom-port", "0", "--data", str(tmp_path / "d"))
+    port = int(node.wait_for(LISTENING)[3])
+    with connect(HOST, port, called_ae_title="PACSNODE") as assoc:
+        assert assoc.echo().ok
+        node.proc.send_signal(signal.SIGINT)
+        node.wait_for(r"shutting down")
+        # Still served while draining; new associations are not.
+        assert assoc.echo().ok
+        r = run_tool([PACSNODE, "echo", HOST, str(port)])
+        assert r.returncode == 1
+    # A real A-RELEASE (not an abort at the drain deadline); then the node exits by itself.
+    released = assoc.association.protocol.released
+    assert released.done() and released.exception() is None
+    assert node.wait() == 0, node.output
+    assert "Traceback" not in node.output
+
+
+def test_serve_port_in_use_exits_1(tmp_path):
+    with socket.socket() as busy:
+        busy.bind((HOST, 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        r = run_tool(
+            [PACSNODE, "serve", "--dicom-port", str(port), "--data", str(tmp_path / "d")],
+            env={**os.environ, "COLUMNS": "250"},
+            timeout=30,
+        )
+    assert r.returncode == 1, r.stdout
+    assert f"cannot listen on {HOST}:{port}" in r.stdout
+
+
+@pytest.mark.interop
+def test_serve_file_env_flag_precedence(serve, tmp_path):
+    need_tool("echoscu")
+    file_port, flag_port = free_port(), free_port()
+    cfg = tmp_path / "pacsnode.toml"
+    cfg.write_text(
+        f'[node]\naet = "FILEAET"\ndicom_port = {file_port}\ndata = "{tmp_path / "filedata"}"\n'
+        "[network]\nrequire_called_aet = true\n"
+    )
+    node = serve("-c", str(cfg), "--dicom-port", str(flag_port), env={"PACSNODE_AET": "ENVAET"})
+    m = node.wait_for(LISTENING)
+    # aet: env beats file; port: flag beats file; data: file only; [network] from the file.
+    assert (m[1], int(m[3])) == ("ENVAET", flag_port)
+    assert (tmp_path / "filedata").is_dir()
+    assert run_tool(["echoscu", "-aec", "ENVAET", HOST, str(flag_port)]).returncode == 0
+    wrong = run_tool(["echoscu", "-v", "-aec", "FILEAET", HOST, str(flag_port)])
+    assert wrong.returncode != 0
+    assert "Called AE Title Not Recognized" in wrong.stdout
+    assert node.stop() == 0, node.output
+
+
+def test_serve_config_from_pacsnode_config(serve, tmp_path):
+    cfg = tmp_path / "pacsnode.toml"
+    cfg.write_text(f'[node]\naet = "VIAENV"\ndicom_port = 0\ndata = "{tmp_path / "d"}"\n')
+    node = serve(env={"PACSNODE_CONFIG": str(cfg)})
+    m = node.wait_for(LISTENING)
+    assert m[1] == "VIAENV"
+    r = run_tool([PACSNODE, "echo", HOST, m[3]])
+    assert r.returncode == 0, r.stdout
+    assert node.stop() == 0

@@ -1,0 +1,83 @@
+"""Shared fixtures: a pacsnode DICOM server on port 0, in the test's event loop or in a thread of its own.
+
+* ``make_server`` (async tests): ``srv = await make_server(network=NetworkSettings(...))`` starts a
+  `DicomServer` in the running loop and returns a `RunningServer` (``host``, ``port``, ``server``).
+* ``server``: the same with the default settings.
+* ``make_threaded_server`` / ``threaded_server`` (sync tests that block: DCMTK tools, pynetdicom,
+  the blocking client): the server runs on its own event loop (uvloop, as `pacsnode serve` does)
+  in a background thread; returns a `ThreadedServer` (``host``, ``port``, ``server``, ``call``).
+
+On teardown every server is closed and the fixture asserts that no association leaked:
+``server.active == 0`` and no connection objects are left.  ``wait_idle`` waits (on the
+connections' ``closed`` futures, no sleeping) until a server has no connection left.
+
+The helpers live in tests/peerkit.py, imported inside the fixtures so that collecting the
+layers' own tests (tests/ul, tests/dimse) never depends on the asyncio shell.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+# Same fallback as tests/ul/conftest.py: the venv may not have pacsnode installed.
+if importlib.util.find_spec("pacsnode") is None:  # pragma: no cover
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+if TYPE_CHECKING:
+    from peerkit import RunningServer, ThreadedServer
+
+
+@pytest.fixture
+async def make_server() -> AsyncIterator[Callable[..., Awaitable[RunningServer]]]:
+    """Factory: ``await make_server(network=..., registry=..., ae_title=...)``; closed on teardown."""
+    from peerkit import HOST, WAIT, RunningServer, assert_no_leak, build_server
+
+    started: list[RunningServer] = []
+
+    async def start(**options: Any) -> RunningServer:
+        server = build_server(**options)
+        await server.start(HOST, 0)
+        running = RunningServer(server, HOST, options.get("ae_title", "PACSNODE"))
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        await asyncio.wait_for(running.server.close(timeout=2.0), WAIT)
+        assert_no_leak(running.server)
+
+
+@pytest.fixture
+async def server(make_server: Callable[..., Awaitable[RunningServer]]) -> RunningServer:
+    """A default pacsnode server (Verification SCP, AE title PACSNODE) on 127.0.0.1, port 0."""
+    return await make_server()
+
+
+@pytest.fixture
+def make_threaded_server() -> Iterator[Callable[..., ThreadedServer]]:
+    """Factory: ``make_threaded_server(network=..., registry=...)``; closed and leak-checked on teardown."""
+    from peerkit import start_threaded_server
+
+    started: list[ThreadedServer] = []
+
+    def start(**options: Any) -> ThreadedServer:
+        handle = start_threaded_server(**options)
+        started.append(handle)
+        return handle
+
+    yield start
+    for handle in started:
+        handle.close()
+
+
+@pytest.fixture
+def threaded_server(make_threaded_server: Callable[..., ThreadedServer]) -> ThreadedServer:
+    """A default pacsnode server on its own loop in a background thread."""
+    return make_threaded_server()
