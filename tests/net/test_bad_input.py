@@ -426,3 +426,17 @@ async def test_associate_rq_rejected(srv, change, expected):
         writer.write(encode(dataclasses.replace(rq, **change)))
         assert await read_pdu(reader) == expected
         writer.close()
+
+
+# ---------------------------------------------------------------- no slot held after an abort
+
+
+async def test_connection_closed_right_after_a_provider_abort(make_server) -> None:
+    # With ARTIM at a minute, the close must come from the abort itself, not the timer.
+    srv = await make_server(network=SMALL_TIMERS.model_copy(update={"artim_timeout": 60.0}))
+    reader, writer = await open_stream(srv, associated=True)
+    writer.write(associate_rq())  # a second A-ASSOCIATE-RQ: unexpected in Sta6
+    await expect_abort_and_close(reader, 2, 2)
+    writer.close()
+    await srv.wait_idle()
+    assert srv.server.active == 0

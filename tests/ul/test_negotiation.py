@@ -591,3 +591,23 @@ def test_requestor_and_acceptor_agree_on_the_same_contexts():
     assert requestor_view.rejected_contexts == acceptor_view.rejected_contexts
     assert set(acceptor_view.contexts) == {1, 3, 9}
     assert acceptor_view.rejected_contexts == {5: 1, 7: 3}
+
+
+def test_retired_big_endian_taken_only_when_nothing_else_fits() -> None:
+    # PS3.5 A.3: Explicit VR Big Endian is retired; a requestor listing it first still gets LE.
+    evbe, evle, ivle = "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"
+    policy = AcceptorPolicy(
+        ae_title="ACCEPTOR",
+        supported={"1.2.840.10008.1.1": SOPClassSupport("1.2.840.10008.1.1", (ivle, evle, evbe))},
+        implementation_class_uid="1.2.3",
+    )
+    for proposed, expected in (((evbe, evle, ivle), evle), ((evbe,), evbe), ((evbe, ivle), ivle)):
+        rq = build_request(
+            "ACCEPTOR",
+            "REQUESTOR",
+            [ProposedContext("1.2.840.10008.1.1", proposed)],
+            implementation_class_uid="1.2.4",
+        )
+        ac, negotiated = negotiate(rq, policy)
+        assert isinstance(ac, AssociateAC) and negotiated is not None
+        assert negotiated.contexts[1].transfer_syntax == expected

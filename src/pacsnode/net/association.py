@@ -169,7 +169,10 @@ class AssociationProtocol(asyncio.Protocol):
         elif self._artim is not None:
             self._artim.cancel()
             self._artim = None
-        if self.ul.close_requested and not transport.is_closing():
+        # PS3.8 AA-1/AA-7/AA-8 wait for the peer to close under ARTIM; after an
+        # A-ABORT we close at once, as DCMTK does, so that a misbehaving peer
+        # cannot hold a connection slot for the ARTIM time.
+        if (self.ul.close_requested or self.ul.sent_abort) and not transport.is_closing():
             transport.close()
 
     def _on_artim(self) -> None:

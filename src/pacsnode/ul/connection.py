@@ -113,6 +113,8 @@ class UpperLayer:
         self.reader = _pdu.PDUReader(max_pdata_length, max_other_length)
         self.artim_running = False
         self.close_requested = False
+        # True once we sent an A-ABORT; the shell may close without waiting out ARTIM.
+        self.sent_abort = False
         self.last_error: RemoteProtocolError | None = None
         self._out = bytearray()
         self._request: _pdu.AssociateRQ | None = None
@@ -242,6 +244,8 @@ class UpperLayer:
         return _pdu.Abort(AbortSource.SERVICE_PROVIDER, AbortReason.UNEXPECTED_PDU)
 
     def _send(self, pdu: _pdu.PDU) -> None:
+        if isinstance(pdu, _pdu.Abort):
+            self.sent_abort = True
         self._out += _pdu.encode(pdu)
 
     def _ae1(self, _: object) -> None:

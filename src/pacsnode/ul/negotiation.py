@@ -74,6 +74,8 @@ class Negotiated:
 
 # ---------------------------------------------------------------- acceptor
 
+_EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+
 
 @dataclass(frozen=True, slots=True)
 class SOPClassSupport:
@@ -127,6 +129,10 @@ def _choose_transfer_syntax(
         return None
     for ts in preference:
         if ts in acceptable:
+            return ts
+    # PS3.5 A.3: Explicit VR Big Endian is retired; take it only when nothing else fits.
+    for ts in acceptable:
+        if ts != _EXPLICIT_VR_BIG_ENDIAN:
             return ts
     return acceptable[0]
 
