@@ -241,7 +241,9 @@ class MemoryStorageSCP:
         self.received.append(Received(request.command, request.context, request.association, request.dataset))
         responder.send(response_to(request.command, Status.SUCCESS))
 
-    def sink_for(self, command: Command, context: NegotiatedContext) -> DataSetSink | None:
+    def sink_for(
+        self, command: Command, context: NegotiatedContext, association: object
+    ) -> DataSetSink | None:
         return None  # in memory
 
 

@@ -13,7 +13,7 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 def test_committed_conformance_statement_is_current() -> None:
     settings = load_settings(None, {}, environ={})
-    generated = render_conformance(default_registry(settings), settings)
+    generated = render_conformance(default_registry(settings, describe_storage=True), settings)
     committed = (DOCS / "conformance-statement.md").read_text(encoding="utf-8")
     assert committed == generated, "regenerate with: pacsnode conformance > docs/conformance-statement.md"
 

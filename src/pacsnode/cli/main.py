@@ -195,7 +195,7 @@ def conformance(
     from pacsnode.services.conformance import render_conformance
 
     settings = _settings(config, aet=aet)
-    text = render_conformance(default_registry(settings), settings, fmt.value)
+    text = render_conformance(default_registry(settings, describe_storage=True), settings, fmt.value)
     if output is None:
         sys.stdout.write(text)
     else:

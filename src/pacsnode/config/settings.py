@@ -6,7 +6,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -68,6 +68,22 @@ class NetworkSettings(BaseModel):
         return None if value is None else [_check_ae_title(v) for v in value]
 
 
+class StorageSettings(BaseModel):
+    """The ``[storage]`` table: the archive's index, blobs and ingest policy."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # SQLAlchemy URL of the index; empty means SQLite in the data folder.
+    index_url: str = ""
+    # What to do with a different object under an existing SOP Instance UID.
+    duplicate_policy: Literal["reject", "keep-first", "replace"] = "reject"
+    # Extra (private) Storage SOP class UIDs to accept besides the standard ones.
+    private_sop_classes: list[str] = Field(default_factory=list)
+    # "syncfs": one file-system sync per group of instances (Linux); "fsync": one per file.
+    sync: Literal["syncfs", "fsync"] = "syncfs"
+    max_batch: int = Field(default=256, ge=1)
+
+
 class Settings(BaseModel):
     """All settings of one node; built once, immutable, passed explicitly."""
 
@@ -75,6 +91,11 @@ class Settings(BaseModel):
 
     node: NodeSettings = Field(default_factory=NodeSettings)
     network: NetworkSettings = Field(default_factory=NetworkSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+
+    def index_url(self) -> str:
+        """The index database URL: the configured one, or SQLite in the data folder."""
+        return self.storage.index_url or f"sqlite:///{(self.node.data / 'index.sqlite').resolve()}"
 
 
 # Environment variables of the command-line contract -> (table, key).
@@ -85,6 +106,7 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "PACSNODE_DICOM_PORT": ("node", "dicom_port"),
     "PACSNODE_HTTP_PORT": ("node", "http_port"),
     "PACSNODE_MAX_ASSOCIATIONS": ("network", "max_associations"),
+    "PACSNODE_INDEX_URL": ("storage", "index_url"),
 }
 
 

@@ -298,7 +298,7 @@ class AssociationProtocol(asyncio.Protocol):
         if cmd.has_dataset:
             sink: DataSetSink | None = None
             if handler is not None:
-                sink = handler.sink_for(cmd, context)
+                sink = handler.sink_for(cmd, context, self.negotiated)
             self._receiving = (cmd, context, sink or MemorySink(self.in_memory_limit))
             return
         self._submit(DimseRequest(cmd, context, self.negotiated))

@@ -7,6 +7,7 @@ import logging
 import signal
 
 from pacsnode import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from pacsnode.archive.ingest import Archive
 from pacsnode.config.settings import Settings
 from pacsnode.net.server import DicomServer
 from pacsnode.services.catalog import default_registry
@@ -19,9 +20,10 @@ class Node:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.archive = Archive(settings)
         self.server = DicomServer(
             ae_title=settings.node.aet,
-            registry=default_registry(settings),
+            registry=default_registry(settings, self.archive),
             network=settings.network,
             implementation_class_uid=IMPLEMENTATION_CLASS_UID,
             implementation_version_name=IMPLEMENTATION_VERSION_NAME,
@@ -31,6 +33,7 @@ class Node:
         """Create the data folder and start listening."""
         node = self.settings.node
         node.data.mkdir(parents=True, exist_ok=True)
+        await self.archive.start()
         await self.server.start(node.host, node.dicom_port)
         log.info(
             "pacsnode %s listening for DICOM on %s:%d (data in %s)",
@@ -49,6 +52,7 @@ class Node:
     async def close(self) -> None:
         """Stop accepting, drain running associations, stop."""
         await self.server.close()
+        await self.archive.close()
 
     async def run_forever(self) -> None:
         """Serve until SIGINT or SIGTERM, then shut down gracefully."""

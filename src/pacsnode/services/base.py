@@ -47,7 +47,9 @@ class ServiceHandler(Protocol):
     def handle(self, request: DimseRequest, responder: Responder) -> Awaitable[None] | None:
         """Answer one request: return None when done at once, or an awaitable for slow work."""
 
-    def sink_for(self, command: Command, context: NegotiatedContext) -> DataSetSink | None:
+    def sink_for(
+        self, command: Command, context: NegotiatedContext, association: Negotiated
+    ) -> DataSetSink | None:
         """A sink for the request's data set, or None to receive it in memory."""
 
 

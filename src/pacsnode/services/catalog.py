@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from pacsnode.archive.ingest import Archive
 from pacsnode.config.settings import Settings
 from pacsnode.services.base import ServiceRegistry
+from pacsnode.services.storage import storage_service
 from pacsnode.services.verification import verification_service
 
 
-def default_registry(settings: Settings) -> ServiceRegistry:
-    """Every service class this node offers with these settings."""
+def default_registry(
+    settings: Settings, archive: Archive | None = None, *, describe_storage: bool = False
+) -> ServiceRegistry:
+    """Every service class this node offers with these settings.
+
+    Storage is served when an archive is given; ``describe_storage`` lists it
+    without one, for the conformance statement of a node that is not running.
+    """
     registry = ServiceRegistry()
     registry.register(verification_service())
+    if archive is not None or describe_storage:
+        registry.register(storage_service(archive, settings.storage.private_sop_classes))
     return registry

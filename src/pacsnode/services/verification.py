@@ -13,7 +13,7 @@ from pacsnode.services.base import (
     ServiceRegistration,
     SOPClass,
 )
-from pacsnode.ul.negotiation import NegotiatedContext
+from pacsnode.ul.negotiation import Negotiated, NegotiatedContext
 
 
 class VerificationSCP:
@@ -27,7 +27,9 @@ class VerificationSCP:
             # PS3.7 Annex C (0211H Unrecognized Operation): not a command of this SOP class.
             responder.send(response_to(request.command, Status.UNRECOGNIZED_OPERATION))
 
-    def sink_for(self, command: Command, context: NegotiatedContext) -> DataSetSink | None:
+    def sink_for(
+        self, command: Command, context: NegotiatedContext, association: Negotiated
+    ) -> DataSetSink | None:
         """C-ECHO carries no data set."""
         return None
 

@@ -1,0 +1,122 @@
+"""Instance files on local disk: spool, server-named object paths, group sync, orphan sweep."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+import os
+import uuid
+from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+log = logging.getLogger("pacsnode.archive")
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+_syncfs = getattr(_libc, "syncfs", None)
+
+SPOOL = "spool"
+OBJECTS = "objects"
+
+
+class FileStore:
+    """Files under one data folder. Names are generated here, never taken from peer-supplied text."""
+
+    def __init__(self, root: Path, sync: Literal["syncfs", "fsync"] = "syncfs") -> None:
+        self.root = root
+        self.spool_dir = root / SPOOL
+        self.objects_dir = root / OBJECTS
+        self.sync_mode = sync if _syncfs is not None else "fsync"
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        self.objects_dir.mkdir(parents=True, exist_ok=True)
+
+    def new_spool(self) -> tuple[Path, BinaryIO]:
+        """A fresh spool file opened for writing."""
+        path = self.spool_dir / f"{uuid.uuid4().hex}.part"
+        return path, path.open("xb", buffering=1 << 20)
+
+    def object_path(self, when: datetime) -> str:
+        """A new relative path for an instance received at ``when``: objects/YYYYMMDD/HH/<uuid>.dcm."""
+        return f"{OBJECTS}/{when:%Y%m%d}/{when:%H}/{uuid.uuid4().hex}.dcm"
+
+    def absolute(self, relative: str) -> Path:
+        """The file behind a relative path of the index."""
+        return self.root / relative
+
+    def place(self, moves: Iterable[tuple[Path, str]]) -> None:
+        """Move spool files to their object paths, then make data and names durable.
+
+        DESIGN.md durability contract: after this returns, the bytes and the names
+        survive a crash; the caller commits the index rows only then.
+        """
+        moves = list(moves)
+        dirs: set[Path] = set()
+        for spool, relative in moves:
+            target = self.root / relative
+            if target.parent not in dirs:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                dirs.add(target.parent)
+            if self.sync_mode == "fsync":
+                _fsync_path(spool)
+            os.replace(spool, target)
+        if not moves:
+            return
+        if self.sync_mode == "syncfs":
+            # One sync of the file system covers every file and directory of the
+            # group: the group commit that lets concurrent associations share it.
+            fd = os.open(self.root, os.O_RDONLY)
+            try:
+                if _syncfs is None or _syncfs(fd) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, os.strerror(err))
+            finally:
+                os.close(fd)
+        else:
+            for directory in dirs | {d.parent for d in dirs}:
+                _fsync_path(directory)
+
+    def remove(self, path: Path) -> None:
+        """Delete a file, ignoring one that is already gone."""
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+    def sweep(self, orphans: Iterable[str]) -> int:
+        """Delete spool leftovers and the given orphan object files (start-up, after a crash)."""
+        removed = 0
+        for leftover in self.spool_dir.iterdir():
+            self.remove(leftover)
+            removed += 1
+        for relative in orphans:
+            self.remove(self.root / relative)
+            removed += 1
+        if removed:
+            log.warning("swept %d orphan file(s) left by an interrupted run", removed)
+        return removed
+
+    def recent_relatives(self, since: datetime | None) -> list[str]:
+        """Relative paths of object files from the hour of ``since`` on.
+
+        A crash can orphan only files of the group being committed, which are
+        newer than the newest indexed instance, so the sweep checks only these.
+        """
+        out: list[str] = []
+        start = f"{since:%Y%m%d}/{since:%H}" if since is not None else ""
+        if not self.objects_dir.exists():
+            return out
+        for day in sorted(self.objects_dir.iterdir()):
+            for hour in sorted(day.iterdir()):
+                key = f"{day.name}/{hour.name}"
+                if key >= start:
+                    out.extend(f"{OBJECTS}/{key}/{f.name}" for f in hour.iterdir())
+        return out
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,320 @@
+"""The one ingest pipeline (C-STORE now, STOW-RS and import later): spool, check, place, index, answer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from pydicom import dcmread
+
+from pacsnode.archive.blobs import FileStore
+from pacsnode.archive.index import ArchiveIndex, InstanceRecord, Outcome
+from pacsnode.archive.records import InvalidInstance, instance_record
+from pacsnode.config.settings import Settings
+from pacsnode.data.part10 import file_meta, read_layout
+from pacsnode.dimse.status import Status
+
+log = logging.getLogger("pacsnode.archive")
+
+
+@dataclass(frozen=True, slots=True)
+class StoreResult:
+    """The answer to one instance: a PS3.4 B.2.3 status, and an Error Comment when it failed."""
+
+    status: int
+    comment: str = ""
+    sop_instance_uid: str = ""
+    outcome: Outcome | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the instance is (or already was) in the archive."""
+        return self.status == Status.SUCCESS
+
+
+class SpoolSink:
+    """Receives one data set into a spool file behind our File Meta Information, hashing as it goes."""
+
+    def __init__(
+        self,
+        store: FileStore,
+        *,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax_uid: str,
+        source_ae_title: str,
+    ) -> None:
+        self.path, self._fp = store.new_spool()
+        self._store = store
+        self.sop_class_uid = sop_class_uid
+        self.sop_instance_uid = sop_instance_uid
+        self.transfer_syntax_uid = transfer_syntax_uid
+        self.source_ae_title = source_ae_title
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+        self.error: OSError | None = None
+        self._open: BinaryIO | None = self._fp
+        # PS3.10 7.1: our meta, the negotiated transfer syntax, the sender's AE title.
+        self._write(file_meta(sop_class_uid, sop_instance_uid, transfer_syntax_uid, source_ae_title))
+
+    def _write(self, data: bytes) -> None:
+        fp = self._open
+        if fp is None:
+            return
+        try:
+            fp.write(data)
+        except OSError as exc:
+            # Disk full or an I/O error: keep consuming the P-DATA, answer A700 at the end.
+            self.error = exc
+            self._close()
+
+    def write(self, fragment: bytes) -> None:
+        """Append one P-DATA fragment of the data set."""
+        self.sha256.update(fragment)
+        self.size += len(fragment)
+        self._write(fragment)
+
+    def _close(self) -> None:
+        fp, self._open = self._open, None
+        if fp is not None:
+            try:
+                fp.close()
+            except OSError as exc:
+                self.error = self.error or exc
+
+    def finish(self) -> None:
+        """The data set is complete; the file stays in the spool for the committer."""
+        self._close()
+
+    def discard(self) -> None:
+        """The association ended mid data set: nothing of it is kept."""
+        self._close()
+        self._store.remove(self.path)
+
+
+@dataclass(slots=True)
+class _Pending:
+    sink: SpoolSink
+    future: asyncio.Future[StoreResult] | None = None
+    record: InstanceRecord | None = None
+    relative: str = ""
+    result: StoreResult | None = None
+
+
+class Archive:
+    """The archive of one node: files, index, and the group committer between them."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = FileStore(settings.node.data, settings.storage.sync)
+        self.index = ArchiveIndex(settings.index_url())
+        self.policy = settings.storage.duplicate_policy
+        self.max_batch = settings.storage.max_batch
+        self._queue: asyncio.Queue[_Pending] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pacsnode-commit")
+
+    # ------------------------------------------------------------ life cycle
+
+    def open(self) -> None:
+        """Migrate the index and sweep what an interrupted run left behind (blocking)."""
+        self.index.migrate()
+        since = self.index.newest_received_at()
+        recent = self.store.recent_relatives(since)
+        known = self.index.known_paths(recent)
+        self.store.sweep(p for p in recent if p not in known)
+
+    async def start(self) -> None:
+        """Open the archive and start the group committer."""
+        await asyncio.get_running_loop().run_in_executor(self._worker, self.open)
+        self._queue = asyncio.Queue()
+        self._task = asyncio.get_running_loop().create_task(self._commit_loop())
+
+    async def close(self) -> None:
+        """Stop the committer once the queue is empty."""
+        if self._task is not None:
+            assert self._queue is not None
+            await self._queue.join()
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._worker.shutdown(wait=True)
+        self.index.dispose()
+
+    # ------------------------------------------------------------ network ingest
+
+    def open_sink(
+        self, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, source_ae_title: str
+    ) -> SpoolSink:
+        """A spool sink for a data set about to arrive."""
+        return SpoolSink(
+            self.store,
+            sop_class_uid=sop_class_uid,
+            sop_instance_uid=sop_instance_uid,
+            transfer_syntax_uid=transfer_syntax_uid,
+            source_ae_title=source_ae_title,
+        )
+
+    async def ingest(self, sink: SpoolSink) -> StoreResult:
+        """Check, place and index a received instance; returns once it is durable (or refused)."""
+        assert self._queue is not None, "Archive.start() was not awaited"
+        future: asyncio.Future[StoreResult] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(sink, future))
+        return await future
+
+    async def _commit_loop(self) -> None:
+        assert self._queue is not None
+        queue = self._queue
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await queue.get()]
+            while len(batch) < self.max_batch and not queue.empty():
+                batch.append(queue.get_nowait())
+            try:
+                await loop.run_in_executor(self._worker, self._commit, batch)
+            except Exception as exc:  # the committer must survive anything
+                log.exception("commit of %d instance(s) failed", len(batch))
+                for item in batch:
+                    item.result = item.result or StoreResult(Status.PROCESSING_FAILURE, str(exc)[:64])
+            for item in batch:
+                if item.future is not None and not item.future.done():
+                    item.future.set_result(item.result or StoreResult(Status.PROCESSING_FAILURE))
+                queue.task_done()
+
+    # ------------------------------------------------------------ the commit (worker thread)
+
+    def _commit(self, batch: Sequence[_Pending]) -> None:
+        now = datetime.now(UTC)
+        ready: list[_Pending] = []
+        for item in batch:
+            item.result = self._check(item, now)
+            if item.result is None:
+                ready.append(item)
+            else:
+                self.store.remove(item.sink.path)
+        if not ready:
+            return
+        try:
+            self.store.place((item.sink.path, item.relative) for item in ready)
+        except OSError as exc:
+            log.error("cannot make %d instance(s) durable: %s", len(ready), exc)
+            for item in ready:
+                item.result = StoreResult(Status.OUT_OF_RESOURCES, f"storage failed: {exc.strerror}"[:64])
+                self.store.remove(item.sink.path)
+                self.store.remove(self.store.absolute(item.relative))
+            return
+        records = [item.record for item in ready if item.record is not None]
+        try:
+            outcomes = self.index.store(records, self.policy)
+        except Exception as exc:
+            log.error("index unavailable, %d instance(s) refused: %s", len(ready), exc)
+            for item in ready:
+                item.result = StoreResult(Status.OUT_OF_RESOURCES, "index database unavailable")
+                self.store.remove(self.store.absolute(item.relative))
+            return
+        for item, outcome in zip(ready, outcomes, strict=True):
+            item.result = _result_of(outcome.outcome, item.sink.sop_instance_uid)
+            if outcome.obsolete_path is not None:
+                self.store.remove(self.store.absolute(outcome.obsolete_path))
+
+    def _check(self, item: _Pending, now: datetime) -> StoreResult | None:
+        sink = item.sink
+        uid = sink.sop_instance_uid
+        if sink.error is not None:
+            # PS3.4 B.2.3: A7xx Refused: Out of Resources.
+            return StoreResult(Status.OUT_OF_RESOURCES, f"cannot write: {sink.error.strerror}"[:64], uid)
+        try:
+            ds = dcmread(sink.path, stop_before_pixels=True)
+        except Exception as exc:
+            # PS3.4 B.2.3: Cxxx Error: Cannot understand.
+            return StoreResult(Status.CANNOT_UNDERSTAND, f"unreadable data set: {exc}"[:64], uid)
+        # PS3.4 B.2.3 / PS3.7 9.3.1: the command's UIDs must be those of the data set.
+        if str(ds.get("SOPClassUID", "")) != sink.sop_class_uid:
+            return StoreResult(
+                Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                "SOP Class UID differs from Affected SOP Class UID",
+                uid,
+            )
+        if str(ds.get("SOPInstanceUID", "")) != uid:
+            return StoreResult(
+                Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                "SOP Instance UID differs from Affected SOP Instance UID",
+                uid,
+            )
+        item.relative = self.store.object_path(now)
+        try:
+            item.record = instance_record(
+                ds,
+                transfer_syntax_uid=sink.transfer_syntax_uid,
+                path=item.relative,
+                size=sink.path.stat().st_size,
+                sha256=sink.sha256.hexdigest(),
+                source_ae_title=sink.source_ae_title,
+                received_at=now,
+            )
+        except InvalidInstance as exc:
+            return StoreResult(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, str(exc)[:64], uid)
+        return None
+
+    # ------------------------------------------------------------ local import
+
+    def import_files(self, paths: Iterable[Path], source_ae_title: str = "") -> list[StoreResult]:
+        """Ingest local Part 10 files through the same checks, placement and index (blocking)."""
+        results: list[StoreResult] = []
+        batch: list[_Pending] = []
+        for path in paths:
+            sink_or_result = self._spool_file(path, source_ae_title)
+            if isinstance(sink_or_result, StoreResult):
+                results.append(sink_or_result)
+                continue
+            batch.append(_Pending(sink_or_result))
+            if len(batch) >= self.max_batch:
+                results.extend(self._commit_now(batch))
+                batch = []
+        if batch:
+            results.extend(self._commit_now(batch))
+        return results
+
+    def _commit_now(self, batch: list[_Pending]) -> list[StoreResult]:
+        self._commit(batch)
+        return [item.result or StoreResult(Status.PROCESSING_FAILURE) for item in batch]
+
+    def _spool_file(self, path: Path, source_ae_title: str) -> SpoolSink | StoreResult:
+        try:
+            with path.open("rb") as fp:
+                layout = read_layout(fp)
+                if not layout.transfer_syntax_uid or not layout.sop_instance_uid:
+                    return StoreResult(Status.CANNOT_UNDERSTAND, f"{path}: no DICOM File Meta Information")
+                sink = self.open_sink(
+                    layout.sop_class_uid, layout.sop_instance_uid, layout.transfer_syntax_uid, source_ae_title
+                )
+                try:
+                    while chunk := fp.read(1 << 20):
+                        sink.write(chunk)
+                finally:
+                    sink.finish()
+        except OSError as exc:
+            return StoreResult(Status.OUT_OF_RESOURCES, f"{path}: {exc.strerror}")
+        except Exception as exc:
+            return StoreResult(Status.CANNOT_UNDERSTAND, f"{path}: {exc}")
+        return sink
+
+
+def _result_of(outcome: Outcome, sop_instance_uid: str) -> StoreResult:
+    if outcome is Outcome.REJECTED_DUPLICATE:
+        # PS3.7 Annex C 0111H Duplicate SOP Instance: a different object under this UID.
+        return StoreResult(
+            Status.DUPLICATE_SOP_INSTANCE,
+            "a different instance with this SOP Instance UID is stored",
+            sop_instance_uid,
+            outcome,
+        )
+    return StoreResult(Status.SUCCESS, "", sop_instance_uid, outcome)

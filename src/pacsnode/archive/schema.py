@@ -1,0 +1,119 @@
+"""The index schema: PS3.4 C.6 Patient > Study > Series > Instance, with C-FIND and QIDO-RS keys."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+# Keys follow PS3.4 C.6.1.1 (Patient Root / Study Root query levels) and PS3.18
+# Table 6.7.1-2a (QIDO-RS default and required matching attributes).  Text is
+# stored as decoded Unicode (the Specific Character Set applied); the files keep
+# the bytes exactly as received.
+
+patients = Table(
+    "patients",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("patient_id", String(64), nullable=False, default=""),  # (0010,0020) LO
+    Column("issuer_of_patient_id", String(64), nullable=False, default=""),  # (0010,0021) LO
+    Column("patient_name", String(324), nullable=False, default=""),  # (0010,0010) PN, all groups
+    Column("patient_birth_date", String(8), nullable=False, default=""),  # (0010,0030) DA
+    Column("patient_sex", String(16), nullable=False, default=""),  # (0010,0040) CS
+    UniqueConstraint("patient_id", "issuer_of_patient_id", name="uq_patients_identity"),
+)
+Index("ix_patients_name", patients.c.patient_name)
+
+studies = Table(
+    "studies",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("patient_fk", Integer, ForeignKey("patients.id"), nullable=False),
+    Column("study_instance_uid", String(64), nullable=False, unique=True),  # (0020,000D) UI
+    Column("study_date", String(8), nullable=False, default=""),  # (0008,0020) DA
+    Column("study_time", String(16), nullable=False, default=""),  # (0008,0030) TM
+    Column("accession_number", String(64), nullable=False, default=""),  # (0008,0050) SH
+    Column("study_id", String(16), nullable=False, default=""),  # (0020,0010) SH
+    Column("study_description", String(64), nullable=False, default=""),  # (0008,1030) LO
+    Column("referring_physician_name", String(324), nullable=False, default=""),  # (0008,0090) PN
+    # Computed attributes (PS3.4 C.6.1.1.3 / C.6.2.1.2).
+    Column("modalities_in_study", String(256), nullable=False, default=""),  # (0008,0061)
+    Column("sop_classes_in_study", Text, nullable=False, default=""),  # (0008,0062)
+    Column("number_of_study_related_series", Integer, nullable=False, default=0),  # (0020,1206)
+    Column("number_of_study_related_instances", Integer, nullable=False, default=0),  # (0020,1208)
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_studies_patient", studies.c.patient_fk)
+Index("ix_studies_date", studies.c.study_date)
+Index("ix_studies_accession", studies.c.accession_number)
+
+series = Table(
+    "series",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("study_fk", Integer, ForeignKey("studies.id"), nullable=False),
+    Column("series_instance_uid", String(64), nullable=False, unique=True),  # (0020,000E) UI
+    Column("modality", String(16), nullable=False, default=""),  # (0008,0060) CS
+    Column("series_number", Integer, nullable=True),  # (0020,0011) IS
+    Column("series_description", String(64), nullable=False, default=""),  # (0008,103E) LO
+    Column("series_date", String(8), nullable=False, default=""),  # (0008,0021) DA
+    Column("series_time", String(16), nullable=False, default=""),  # (0008,0031) TM
+    Column("body_part_examined", String(16), nullable=False, default=""),  # (0018,0015) CS
+    Column("performed_procedure_step_start_date", String(8), nullable=False, default=""),  # (0040,0244)
+    Column("performed_procedure_step_start_time", String(16), nullable=False, default=""),  # (0040,0245)
+    Column("station_name", String(16), nullable=False, default=""),  # (0008,1010) SH
+    Column("institution_name", String(64), nullable=False, default=""),  # (0008,0080) LO
+    Column("number_of_series_related_instances", Integer, nullable=False, default=0),  # (0020,1209)
+)
+Index("ix_series_study", series.c.study_fk)
+Index("ix_series_modality", series.c.modality)
+
+instances = Table(
+    "instances",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("series_fk", Integer, ForeignKey("series.id"), nullable=False),
+    Column("sop_instance_uid", String(64), nullable=False, unique=True),  # (0008,0018) UI
+    Column("sop_class_uid", String(64), nullable=False),  # (0008,0016) UI
+    Column("instance_number", Integer, nullable=True),  # (0020,0013) IS
+    Column("transfer_syntax_uid", String(64), nullable=False),  # (0002,0010) as stored
+    Column("specific_character_set", String(256), nullable=False, default=""),  # (0008,0005)
+    Column("rows", Integer, nullable=True),  # (0028,0010)
+    Column("columns", Integer, nullable=True),  # (0028,0011)
+    Column("number_of_frames", Integer, nullable=True),  # (0028,0008)
+    Column("content_date", String(8), nullable=False, default=""),  # (0008,0023)
+    Column("content_time", String(16), nullable=False, default=""),  # (0008,0033)
+    # Storage facts, not DICOM attributes.
+    Column("path", String(256), nullable=False, unique=True),  # relative to the data folder
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),  # of the data set bytes as received
+    Column("source_ae_title", String(16), nullable=False, default=""),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_instances_series", instances.c.series_fk)
+Index("ix_instances_received", instances.c.received_at)
+
+# Append-only change log: what was created, replaced or deleted, in order.
+changes = Table(
+    "changes",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("sop_instance_uid", String(64), nullable=False),
+    Column("series_instance_uid", String(64), nullable=False),
+    Column("study_instance_uid", String(64), nullable=False),
+    Column("detail", Text, nullable=False, default=""),
+)

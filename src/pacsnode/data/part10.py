@@ -1,0 +1,103 @@
+"""PS3.10 7.1: the DICOM File Format: preamble, File Meta Information, and where the data set starts."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from pydicom.filereader import _read_file_meta_info, read_preamble
+
+from pacsnode import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
+PREAMBLE = bytes(128) + b"DICM"  # PS3.10 7.1: 128-byte preamble and the DICM prefix
+_EXPLICIT_SHORT = struct.Struct("<HH2sH")  # tag, VR, 16-bit length (PS3.5 7.1.2)
+_EXPLICIT_LONG = struct.Struct("<HH2sHI")  # tag, VR, reserved, 32-bit length (OB)
+
+
+def _element(element: int, vr: bytes, value: bytes) -> bytes:
+    if vr == b"OB":
+        return _EXPLICIT_LONG.pack(0x0002, element, vr, 0, len(value)) + value
+    return _EXPLICIT_SHORT.pack(0x0002, element, vr, len(value)) + value
+
+
+def _uid(value: str) -> bytes:
+    raw = value.encode("ascii")
+    return raw + b"\0" if len(raw) % 2 else raw  # PS3.5 6.2: UI padded with NUL
+
+
+def _text(value: str) -> bytes:
+    raw = value.encode("ascii")
+    return raw + b" " if len(raw) % 2 else raw  # PS3.5 6.2: AE/SH padded with space
+
+
+def file_meta(
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    transfer_syntax_uid: str,
+    source_ae_title: str | None = None,
+) -> bytes:
+    """Preamble and File Meta Information group (PS3.10 Table 7.1-1), Explicit VR Little Endian.
+
+    Written by hand rather than through pydicom's writer because it runs once per
+    received instance: this is ~20 times faster and produces the same bytes.
+    """
+    body = [
+        _element(0x0001, b"OB", b"\x00\x01"),  # File Meta Information Version
+        _element(0x0002, b"UI", _uid(sop_class_uid)),  # Media Storage SOP Class UID
+        _element(0x0003, b"UI", _uid(sop_instance_uid)),  # Media Storage SOP Instance UID
+        _element(0x0010, b"UI", _uid(transfer_syntax_uid)),  # Transfer Syntax UID
+        _element(0x0012, b"UI", _uid(IMPLEMENTATION_CLASS_UID)),  # Implementation Class UID
+        _element(0x0013, b"SH", _text(IMPLEMENTATION_VERSION_NAME)),  # Implementation Version Name
+    ]
+    if source_ae_title:
+        body.append(_element(0x0016, b"AE", _text(source_ae_title)))  # Source Application Entity Title
+    payload = b"".join(body)
+    group_length = _EXPLICIT_SHORT.pack(0x0002, 0x0000, b"UL", 4) + struct.pack("<I", len(payload))
+    return PREAMBLE + group_length + payload
+
+
+@dataclass(frozen=True, slots=True)
+class Part10Layout:
+    """Where the parts of a DICOM file are: its meta information and the data set's first byte."""
+
+    transfer_syntax_uid: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    dataset_offset: int
+    has_preamble: bool
+
+
+def read_layout(fp: BinaryIO) -> Part10Layout:
+    """Read the preamble (if any) and File Meta Information; leave ``fp`` at the data set.
+
+    A file without preamble and meta (a bare data set, as some tools write) gets
+    an empty transfer syntax: the caller must find out the encoding itself.
+    """
+    start = fp.tell()
+    try:
+        read_preamble(fp, force=False)
+        has_preamble = True
+    except Exception:
+        fp.seek(start)
+        has_preamble = False
+        # Some tools write the File Meta Information group without the preamble.
+        head = fp.read(2)
+        fp.seek(start)
+        if head != b"\x02\x00":
+            return Part10Layout("", "", "", start, False)
+    meta = _read_file_meta_info(fp)
+    return Part10Layout(
+        str(meta.get("TransferSyntaxUID", "")),
+        str(meta.get("MediaStorageSOPClassUID", "")),
+        str(meta.get("MediaStorageSOPInstanceUID", "")),
+        fp.tell(),
+        has_preamble,
+    )
+
+
+def layout_of(path: Path) -> Part10Layout:
+    """``read_layout`` for a file on disk."""
+    with path.open("rb") as fp:
+        return read_layout(fp)
