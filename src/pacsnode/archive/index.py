@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Insert, create_engine, event, func, select
+from sqlalchemy import Connection, Engine, Insert, bindparam, create_engine, event, func, select
 from sqlalchemy.engine import make_url
 
 from pacsnode.archive.schema import changes, instances, metadata, patients, series, studies
@@ -63,12 +63,62 @@ def _new_id(conn: Connection, statement: Insert) -> int:
     return int(key[0])
 
 
+# The statements of the ingest hot path, built once: building SQLAlchemy expressions
+# per call cost more than executing them.
+_FIND_INSTANCES = select(
+    instances.c.id, instances.c.sop_instance_uid, instances.c.sha256, instances.c.path, instances.c.series_fk
+).where(instances.c.sop_instance_uid.in_(bindparam("uids", expanding=True)))
+_INSERT_INSTANCES = instances.insert()
+_INSERT_CHANGES = changes.insert()
+_ADD_TO_SERIES = (
+    series.update()
+    .where(series.c.id == bindparam("b_series"))
+    .values(number_of_series_related_instances=series.c.number_of_series_related_instances + bindparam("n"))
+    .returning(series.c.number_of_series_related_instances)
+)
+_ADD_TO_STUDY = (
+    studies.update()
+    .where(studies.c.id == bindparam("b_study"))
+    .values(
+        number_of_study_related_instances=studies.c.number_of_study_related_instances + bindparam("n"),
+        number_of_study_related_series=studies.c.number_of_study_related_series + bindparam("s"),
+        updated_at=func.now(),
+    )
+)
+_ADD_TO_STUDY_WITH_CONTENT = _ADD_TO_STUDY.values(
+    modalities_in_study=bindparam("modalities"), sop_classes_in_study=bindparam("sop_classes")
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Known:
+    """An instance already indexed, or added earlier in the same group."""
+
+    id: int
+    sha256: str
+    path: str
+    series_fk: int
+
+
+def _change(record: InstanceRecord, kind: str, detail: str) -> dict[str, Any]:
+    return {
+        "at": record.received_at,
+        "kind": kind,
+        "sop_instance_uid": record.sop_instance_uid,
+        "series_instance_uid": record.series_instance_uid,
+        "study_instance_uid": record.study_instance_uid,
+        "detail": detail,
+    }
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    # WAL lets readers run beside the writer; FULL syncs the WAL on every commit,
-    # which the durability contract needs (NORMAL may lose the last commits).
+    # WAL lets readers run beside the writer.  NORMAL does not sync each commit:
+    # the durability point of an instance is the sync of its file, done before its
+    # row is written, and Archive.open() re-indexes files whose rows a power cut
+    # took away.  So an acknowledged instance costs one sync, shared by its group.
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
@@ -90,7 +140,12 @@ def make_engine(url: str) -> Engine:
         return create_engine(
             parsed,
             pool_pre_ping=True,
-            connect_args={"connect_timeout": 5, "options": "-c statement_timeout=30000"},
+            # synchronous_commit=off: as with SQLite, the file sync is the durability
+            # point and start-up re-indexes what a server crash lost.
+            connect_args={
+                "connect_timeout": 5,
+                "options": "-c statement_timeout=30000 -c synchronous_commit=off",
+            },
         )
     return create_engine(url)
 
@@ -101,6 +156,7 @@ class ArchiveIndex:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
+        self._forget()
 
     def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision."""
@@ -120,121 +176,214 @@ class ArchiveIndex:
     # ------------------------------------------------------------ writes
 
     def store(self, records: Sequence[InstanceRecord], policy: str) -> list[StoreOutcome]:
-        """Index a group of instances in one transaction; return what happened to each."""
+        """Index a group of instances in one transaction; return what happened to each.
+
+        The hot path of ingest: one query finds duplicates for the whole group,
+        patient/study/series ids come from a cache, rows go in with executemany,
+        and the computed attributes are updated by increments.
+        """
+        try:
+            with self.engine.begin() as conn:
+                return self._store(conn, records, policy)
+        except BaseException:
+            self._forget()  # ids cached in a rolled-back transaction are not real
+            raise
+
+    def _store(self, conn: Connection, records: Sequence[InstanceRecord], policy: str) -> list[StoreOutcome]:
+        uids = list({r.sop_instance_uid for r in records})
+        existing: dict[str, _Known] = {
+            row.sop_instance_uid: _Known(row.id, row.sha256, row.path, row.series_fk)
+            for row in conn.execute(_FIND_INSTANCES, {"uids": uids})
+        }
         outcomes: list[StoreOutcome] = []
-        touched_series: set[int] = set()
-        touched_studies: set[int] = set()
-        with self.engine.begin() as conn:
-            for record in records:
-                outcome = self._store_one(conn, record, policy, touched_series, touched_studies)
-                outcomes.append(outcome)
-            self._recount(conn, touched_series, touched_studies)
+        new_rows: list[dict[str, Any]] = []
+        change_rows: list[dict[str, Any]] = []
+        added: dict[int, int] = {}  # series id -> instances added
+        recount_series: set[int] = set()
+        recount_studies: set[int] = set()
+        for record in records:
+            uid = record.sop_instance_uid
+            known = existing.get(uid)
+            obsolete: str | None = None
+            kind = "created"
+            if known is not None:
+                if known.sha256 == record.sha256:
+                    outcomes.append(StoreOutcome(Outcome.IDENTICAL_DUPLICATE, record.path))
+                    continue
+                if policy == "reject":
+                    outcomes.append(StoreOutcome(Outcome.REJECTED_DUPLICATE, record.path))
+                    continue
+                if policy == "keep-first":
+                    change_rows.append(_change(record, "duplicate-ignored", f"kept {known.path}"))
+                    outcomes.append(StoreOutcome(Outcome.KEPT_FIRST, record.path))
+                    continue
+                # replace: the old row goes now, its file after the commit.
+                if new_rows:  # the old row may be one of this group's
+                    conn.execute(_INSERT_INSTANCES, new_rows)
+                    new_rows = []
+                conn.execute(instances.delete().where(instances.c.sop_instance_uid == uid))
+                recount_series.add(known.series_fk)
+                recount_studies.add(self._study_of_series(conn, known.series_fk))
+                obsolete, kind = known.path, "replaced"
+            patient_fk = self._patient(conn, record)
+            study_fk = self._study(conn, record, patient_fk)
+            series_fk = self._series(conn, record, study_fk)
+            new_rows.append(
+                {
+                    "series_fk": series_fk,
+                    "sop_instance_uid": uid,
+                    "sop_class_uid": record.sop_class_uid,
+                    "path": record.path,
+                    "size": record.size,
+                    "sha256": record.sha256,
+                    "source_ae_title": record.source_ae_title,
+                    "received_at": record.received_at,
+                    **record.instance,
+                }
+            )
+            # A later record of this group with the same UID must see this one.
+            existing[uid] = _Known(-1, record.sha256, record.path, series_fk)
+            change_rows.append(_change(record, kind, ""))
+            if obsolete is None:
+                added[series_fk] = added.get(series_fk, 0) + 1
+            else:
+                recount_series.add(series_fk)
+                recount_studies.add(study_fk)
+            self._note_study_content(study_fk, record)
+            outcomes.append(StoreOutcome(Outcome.REPLACED if obsolete else Outcome.STORED, obsolete))
+        if new_rows:
+            conn.execute(_INSERT_INSTANCES, new_rows)
+        if change_rows:
+            conn.execute(_INSERT_CHANGES, change_rows)
+        self._count(conn, added, recount_series, recount_studies)
         return outcomes
 
-    def _store_one(
-        self,
-        conn: Connection,
-        record: InstanceRecord,
-        policy: str,
-        touched_series: set[int],
-        touched_studies: set[int],
-    ) -> StoreOutcome:
-        existing = conn.execute(
-            select(instances.c.id, instances.c.sha256, instances.c.path, instances.c.series_fk).where(
-                instances.c.sop_instance_uid == record.sop_instance_uid
-            )
-        ).first()
-        obsolete: str | None = None
-        kind = "created"
-        if existing is not None:
-            if existing.sha256 == record.sha256:
-                return StoreOutcome(Outcome.IDENTICAL_DUPLICATE, record.path)
-            if policy == "reject":
-                return StoreOutcome(Outcome.REJECTED_DUPLICATE, record.path)
-            if policy == "keep-first":
-                self._log_change(conn, record, "duplicate-ignored", f"kept {existing.path}")
-                return StoreOutcome(Outcome.KEPT_FIRST, record.path)
-            # replace: the old row goes, the new one comes; the old file is deleted after commit.
-            conn.execute(instances.delete().where(instances.c.id == existing.id))
-            touched_series.add(existing.series_fk)
-            study_of_old = conn.execute(
-                select(series.c.study_fk).where(series.c.id == existing.series_fk)
-            ).scalar_one()
-            touched_studies.add(study_of_old)
-            obsolete = existing.path
-            kind = "replaced"
-        patient_fk = self._patient(conn, record)
-        study_fk = self._study(conn, record, patient_fk)
-        series_fk = self._series(conn, record, study_fk)
-        conn.execute(
-            instances.insert().values(
-                series_fk=series_fk,
-                sop_instance_uid=record.sop_instance_uid,
-                sop_class_uid=record.sop_class_uid,
-                path=record.path,
-                size=record.size,
-                sha256=record.sha256,
-                source_ae_title=record.source_ae_title,
-                received_at=record.received_at,
-                **record.instance,
-            )
-        )
-        touched_series.add(series_fk)
-        touched_studies.add(study_fk)
-        self._log_change(conn, record, kind, "")
-        return StoreOutcome(Outcome.REPLACED if obsolete else Outcome.STORED, obsolete)
+    # ------------------------------------------------------------ the hierarchy, cached
+
+    def _forget(self) -> None:
+        self._patients: dict[tuple[str, str], int] = {}
+        self._studies: dict[str, int] = {}
+        self._series_ids: dict[str, int] = {}
+        self._series_study: dict[int, int] = {}
+        # study id -> (modalities, SOP classes), for studies whose computed attributes are loaded
+        self._study_content: dict[int, tuple[set[str], set[str]]] = {}
+        self._dirty_content: set[int] = set()
 
     def _patient(self, conn: Connection, record: InstanceRecord) -> int:
-        pid = record.patient.get("patient_id", "")
-        issuer = record.patient.get("issuer_of_patient_id", "")
+        key = (record.patient.get("patient_id", ""), record.patient.get("issuer_of_patient_id", ""))
+        cached = self._patients.get(key)
+        if cached is not None:
+            return cached
         row = conn.execute(
             select(patients.c.id).where(
-                patients.c.patient_id == pid, patients.c.issuer_of_patient_id == issuer
+                patients.c.patient_id == key[0], patients.c.issuer_of_patient_id == key[1]
             )
         ).first()
-        if row is not None:
-            return int(row.id)
-        return _new_id(conn, patients.insert().values(**record.patient))
+        pk = int(row.id) if row is not None else _new_id(conn, patients.insert().values(**record.patient))
+        self._patients[key] = pk
+        return pk
 
     def _study(self, conn: Connection, record: InstanceRecord, patient_fk: int) -> int:
+        uid = record.study_instance_uid
+        cached = self._studies.get(uid)
+        if cached is not None:
+            return cached
         row = conn.execute(
-            select(studies.c.id, studies.c.patient_fk).where(
-                studies.c.study_instance_uid == record.study_instance_uid
-            )
+            select(studies.c.id, studies.c.patient_fk).where(studies.c.study_instance_uid == uid)
         ).first()
         if row is not None:
             if row.patient_fk != patient_fk:
                 log.warning(
                     "study %s already belongs to another patient; instance %s filed under it",
-                    record.study_instance_uid,
+                    uid,
                     record.sop_instance_uid,
                 )
-            return int(row.id)
-        return _new_id(
-            conn,
-            studies.insert().values(
-                patient_fk=patient_fk,
-                study_instance_uid=record.study_instance_uid,
-                updated_at=record.received_at,
-                **record.study,
-            ),
-        )
+            pk = int(row.id)
+        else:
+            pk = _new_id(
+                conn,
+                studies.insert().values(
+                    patient_fk=patient_fk,
+                    study_instance_uid=uid,
+                    updated_at=record.received_at,
+                    **record.study,
+                ),
+            )
+        self._studies[uid] = pk
+        return pk
 
     def _series(self, conn: Connection, record: InstanceRecord, study_fk: int) -> int:
+        uid = record.series_instance_uid
+        cached = self._series_ids.get(uid)
+        if cached is not None:
+            return cached
         row = conn.execute(
-            select(series.c.id).where(series.c.series_instance_uid == record.series_instance_uid)
+            select(series.c.id, series.c.study_fk).where(series.c.series_instance_uid == uid)
         ).first()
         if row is not None:
-            return int(row.id)
-        return _new_id(
-            conn,
-            series.insert().values(
-                study_fk=study_fk, series_instance_uid=record.series_instance_uid, **record.series
-            ),
-        )
+            pk, study_of = int(row.id), int(row.study_fk)
+        else:
+            pk = _new_id(
+                conn, series.insert().values(study_fk=study_fk, series_instance_uid=uid, **record.series)
+            )
+            study_of = study_fk
+        if len(self._series_ids) > 100_000:
+            self._forget()  # bound the caches; they refill from the database
+        self._series_ids[uid] = pk
+        self._series_study[pk] = study_of
+        return pk
+
+    def _study_of_series(self, conn: Connection, series_id: int) -> int:
+        study = self._series_study.get(series_id)
+        if study is None:
+            study = int(conn.execute(select(series.c.study_fk).where(series.c.id == series_id)).scalar_one())
+            self._series_study[series_id] = study
+        return study
+
+    def _note_study_content(self, study_fk: int, record: InstanceRecord) -> None:
+        content = self._study_content.get(study_fk)
+        if content is None:
+            return  # not loaded yet: the full recount of this study will compute it
+        modalities, sop_classes = content
+        modality = str(record.series.get("modality") or "")
+        if (modality and modality not in modalities) or record.sop_class_uid not in sop_classes:
+            if modality:
+                modalities.add(modality)
+            sop_classes.add(record.sop_class_uid)
+            self._dirty_content.add(study_fk)
+
+    def _count(
+        self, conn: Connection, added: dict[int, int], recount_series: set[int], recount_studies: set[int]
+    ) -> None:
+        # PS3.4 C.6.1.1.3 / C.6.2.1.2: the computed attributes follow every change, by
+        # increments on the hot path and by a full recount after a replacement or for
+        # a study met for the first time since start-up.
+        by_study: dict[int, int] = {}
+        new_series: dict[int, int] = {}
+        for series_id, n in added.items():
+            study = self._study_of_series(conn, series_id)
+            if series_id not in recount_series:
+                current = conn.execute(_ADD_TO_SERIES, {"b_series": series_id, "n": n}).scalar_one()
+                if current == n:  # the series had no instance before this group
+                    new_series[study] = new_series.get(study, 0) + 1
+            by_study[study] = by_study.get(study, 0) + n
+        full = {s for s in by_study if s not in self._study_content} | recount_studies
+        for study_id, n in by_study.items():
+            if study_id in full:
+                continue
+            params: dict[str, Any] = {"b_study": study_id, "n": n, "s": new_series.get(study_id, 0)}
+            if study_id in self._dirty_content:
+                modalities, sop_classes = self._study_content[study_id]
+                params["modalities"] = "\\".join(sorted(modalities))
+                params["sop_classes"] = "\\".join(sorted(sop_classes))
+                conn.execute(_ADD_TO_STUDY_WITH_CONTENT, params)
+            else:
+                conn.execute(_ADD_TO_STUDY, params)
+        self._dirty_content.clear()
+        if recount_series or full:
+            self._recount(conn, recount_series, full)
 
     def _recount(self, conn: Connection, series_ids: set[int], study_ids: set[int]) -> None:
-        # PS3.4 C.6.1.1.3: Number of Series Related Instances and friends are computed.
         for series_id in series_ids:
             n = conn.execute(
                 select(func.count()).select_from(instances).where(instances.c.series_fk == series_id)
@@ -248,35 +397,27 @@ class ArchiveIndex:
                     series.c.study_fk == study_id
                 )
             ).all()
-            sop_classes = conn.execute(
-                select(instances.c.sop_class_uid)
-                .distinct()
-                .join(series, series.c.id == instances.c.series_fk)
-                .where(series.c.study_fk == study_id)
-            ).scalars()
+            sop_classes = set(
+                conn.execute(
+                    select(instances.c.sop_class_uid)
+                    .distinct()
+                    .join(series, series.c.id == instances.c.series_fk)
+                    .where(series.c.study_fk == study_id)
+                ).scalars()
+            )
+            modalities = {r[0] for r in rows if r[0] and r[1] > 0}
+            self._study_content[study_id] = (modalities, sop_classes)
             conn.execute(
                 studies.update()
                 .where(studies.c.id == study_id)
                 .values(
                     number_of_study_related_series=sum(1 for r in rows if r[1] > 0),
                     number_of_study_related_instances=sum(r[1] for r in rows),
-                    modalities_in_study="\\".join(sorted({r[0] for r in rows if r[0] and r[1] > 0})),
+                    modalities_in_study="\\".join(sorted(modalities)),
                     sop_classes_in_study="\\".join(sorted(sop_classes)),
                     updated_at=func.now(),
                 )
             )
-
-    def _log_change(self, conn: Connection, record: InstanceRecord, kind: str, detail: str) -> None:
-        conn.execute(
-            changes.insert().values(
-                at=record.received_at,
-                kind=kind,
-                sop_instance_uid=record.sop_instance_uid,
-                series_instance_uid=record.series_instance_uid,
-                study_instance_uid=record.study_instance_uid,
-                detail=detail,
-            )
-        )
 
     # ------------------------------------------------------------ reads
 

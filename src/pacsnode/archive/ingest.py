@@ -125,12 +125,41 @@ class Archive:
     # ------------------------------------------------------------ life cycle
 
     def open(self) -> None:
-        """Migrate the index and sweep what an interrupted run left behind (blocking)."""
+        """Migrate the index and repair what an interrupted run left behind (blocking).
+
+        Spool files were never acknowledged: they go.  An object file without an
+        index row was synced before its row was written, so it may have been
+        acknowledged and its row lost with the index's unsynced tail: it is
+        indexed again (or dropped if it cannot be read whole).
+        """
         self.index.migrate()
         since = self.index.newest_received_at()
         recent = self.store.recent_relatives(since)
         known = self.index.known_paths(recent)
-        self.store.sweep(p for p in recent if p not in known)
+        self.store.sweep(())
+        orphans = [p for p in recent if p not in known]
+        if orphans:
+            self._recover(orphans)
+
+    def _recover(self, relatives: list[str]) -> None:
+        records: list[InstanceRecord] = []
+        for relative in relatives:
+            path = self.store.absolute(relative)
+            try:
+                records.append(_record_of_file(path, relative))
+            except Exception as exc:
+                log.warning("dropping unreadable object file %s: %s", relative, exc)
+                self.store.remove(path)
+        outcomes = self.index.store(records, self.policy)
+        kept = 0
+        for record, outcome in zip(records, outcomes, strict=True):
+            if outcome.outcome in (Outcome.STORED, Outcome.REPLACED):
+                kept += 1
+            else:
+                self.store.remove(self.store.absolute(record.path))
+            if outcome.obsolete_path is not None:
+                self.store.remove(self.store.absolute(outcome.obsolete_path))
+        log.warning("re-indexed %d instance file(s) whose index rows were lost", kept)
 
     async def start(self) -> None:
         """Open the archive and start the group committer."""
@@ -318,3 +347,23 @@ def _result_of(outcome: Outcome, sop_instance_uid: str) -> StoreResult:
             outcome,
         )
     return StoreResult(Status.SUCCESS, "", sop_instance_uid, outcome)
+
+
+def _record_of_file(path: Path, relative: str) -> InstanceRecord:
+    """The index record of a stored file, read back from the file itself (start-up recovery)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fp:
+        layout = read_layout(fp)
+        while chunk := fp.read(1 << 20):
+            digest.update(chunk)
+    ds = dcmread(path)  # whole: a file cut short by a crash must not come back
+    stat = path.stat()
+    return instance_record(
+        ds,
+        transfer_syntax_uid=layout.transfer_syntax_uid,
+        path=relative,
+        size=stat.st_size,
+        sha256=digest.hexdigest(),
+        source_ae_title=str(ds.file_meta.get("SourceApplicationEntityTitle", "") or ""),
+        received_at=datetime.fromtimestamp(stat.st_mtime, UTC),
+    )
