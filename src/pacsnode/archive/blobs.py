@@ -33,10 +33,13 @@ class FileStore:
         self.spool_dir.mkdir(parents=True, exist_ok=True)
         self.objects_dir.mkdir(parents=True, exist_ok=True)
 
-    def new_spool(self) -> tuple[Path, BinaryIO]:
-        """A fresh spool file opened for writing."""
-        path = self.spool_dir / f"{uuid.uuid4().hex}.part"
-        return path, path.open("xb", buffering=1 << 20)
+    def spool_path(self) -> Path:
+        """A fresh spool file name (the file is created by ``open_spool``)."""
+        return self.spool_dir / f"{uuid.uuid4().hex}.part"
+
+    def open_spool(self, path: Path) -> BinaryIO:
+        """Create a spool file for writing."""
+        return path.open("xb", buffering=1 << 20)
 
     def object_path(self, when: datetime) -> str:
         """A new relative path for an instance received at ``when``: objects/YYYYMMDD/HH/<uuid>.dcm."""

@@ -10,15 +10,18 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from io import BytesIO
 from pathlib import Path
 from typing import BinaryIO
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 
 from pacsnode.archive.blobs import FileStore
 from pacsnode.archive.index import ArchiveIndex, InstanceRecord, Outcome
-from pacsnode.archive.records import InvalidInstance, instance_record
+from pacsnode.archive.records import InvalidInstance, instance_record, read_keys, uid_of
 from pacsnode.config.settings import Settings
+from pacsnode.data.header import RawHeader
 from pacsnode.data.part10 import file_meta, read_layout
 from pacsnode.dimse.status import Status
 
@@ -41,7 +44,13 @@ class StoreResult:
 
 
 class SpoolSink:
-    """Receives one data set into a spool file behind our File Meta Information, hashing as it goes."""
+    """Receives one data set behind our File Meta Information, hashing as it goes.
+
+    A small data set stays in memory until the committer writes it (in its
+    thread, so the event loop makes no file system calls for it); past
+    ``memory_limit`` bytes it spills to a spool file and streams there, so memory
+    stays bounded whatever the size of the instance.
+    """
 
     def __init__(
         self,
@@ -51,8 +60,9 @@ class SpoolSink:
         sop_instance_uid: str,
         transfer_syntax_uid: str,
         source_ae_title: str,
+        memory_limit: int = 1 << 20,
     ) -> None:
-        self.path, self._fp = store.new_spool()
+        self.path = store.spool_path()
         self._store = store
         self.sop_class_uid = sop_class_uid
         self.sop_instance_uid = sop_instance_uid
@@ -61,12 +71,50 @@ class SpoolSink:
         self.sha256 = hashlib.sha256()
         self.size = 0
         self.error: OSError | None = None
-        self._open: BinaryIO | None = self._fp
+        self._memory_limit = memory_limit
+        self._fp: BinaryIO | None = None
         # PS3.10 7.1: our meta, the negotiated transfer syntax, the sender's AE title.
-        self._write(file_meta(sop_class_uid, sop_instance_uid, transfer_syntax_uid, source_ae_title))
+        meta = file_meta(sop_class_uid, sop_instance_uid, transfer_syntax_uid, source_ae_title)
+        self._parts: list[bytes] | None = [meta]
+        self._buffered = self.meta_length = len(meta)
+
+    @property
+    def in_memory(self) -> bool:
+        """True while the whole file is held in memory (not yet written)."""
+        return self._parts is not None
+
+    def content(self) -> bytes:
+        """The whole file, while it is in memory."""
+        assert self._parts is not None
+        if len(self._parts) > 1:
+            self._parts = [b"".join(self._parts)]
+        return self._parts[0]
+
+    def write(self, fragment: bytes) -> None:
+        """Append one P-DATA fragment of the data set."""
+        self.sha256.update(fragment)
+        self.size += len(fragment)
+        parts = self._parts
+        if parts is not None:
+            parts.append(fragment)
+            self._buffered += len(fragment)
+            if self._buffered > self._memory_limit:
+                self._spill()
+        elif self._fp is not None:
+            self._write(fragment)
+
+    def _spill(self) -> None:
+        parts, self._parts = self._parts, None
+        try:
+            self._fp = self._store.open_spool(self.path)
+        except OSError as exc:
+            self.error = exc
+            return
+        for part in parts or ():
+            self._write(part)
 
     def _write(self, data: bytes) -> None:
-        fp = self._open
+        fp = self._fp
         if fp is None:
             return
         try:
@@ -76,14 +124,8 @@ class SpoolSink:
             self.error = exc
             self._close()
 
-    def write(self, fragment: bytes) -> None:
-        """Append one P-DATA fragment of the data set."""
-        self.sha256.update(fragment)
-        self.size += len(fragment)
-        self._write(fragment)
-
     def _close(self) -> None:
-        fp, self._open = self._open, None
+        fp, self._fp = self._fp, None
         if fp is not None:
             try:
                 fp.close()
@@ -91,11 +133,24 @@ class SpoolSink:
                 self.error = self.error or exc
 
     def finish(self) -> None:
-        """The data set is complete; the file stays in the spool for the committer."""
+        """The data set is complete; it waits (in memory or in the spool) for the committer."""
         self._close()
 
+    def write_out(self) -> None:
+        """Write an in-memory data set to its spool file (committer thread)."""
+        if self._parts is None:
+            return
+        data = self.content()
+        try:
+            with self._store.open_spool(self.path) as fp:
+                fp.write(data)
+        except OSError as exc:
+            self.error = exc
+            self._store.remove(self.path)
+
     def discard(self) -> None:
-        """The association ended mid data set: nothing of it is kept."""
+        """Nothing of this data set is kept."""
+        self._parts = None
         self._close()
         self._store.remove(self.path)
 
@@ -228,7 +283,7 @@ class Archive:
             if item.result is None:
                 ready.append(item)
             else:
-                self.store.remove(item.sink.path)
+                item.sink.discard()
         if not ready:
             return
         try:
@@ -260,37 +315,46 @@ class Archive:
         if sink.error is not None:
             # PS3.4 B.2.3: A7xx Refused: Out of Resources.
             return StoreResult(Status.OUT_OF_RESOURCES, f"cannot write: {sink.error.strerror}"[:64], uid)
-        try:
-            ds = dcmread(sink.path, stop_before_pixels=True)
-        except Exception as exc:
-            # PS3.4 B.2.3: Cxxx Error: Cannot understand.
-            return StoreResult(Status.CANNOT_UNDERSTAND, f"unreadable data set: {exc}"[:64], uid)
+        header: Dataset | RawHeader | None = None
+        if sink.in_memory:
+            header = read_keys(sink.content(), sink.meta_length, sink.transfer_syntax_uid)
+        if header is None:
+            try:
+                source = BytesIO(sink.content()) if sink.in_memory else sink.path
+                header = dcmread(source, stop_before_pixels=True)
+            except Exception as exc:
+                # PS3.4 B.2.3: Cxxx Error: Cannot understand.
+                return StoreResult(Status.CANNOT_UNDERSTAND, f"unreadable data set: {exc}"[:64], uid)
         # PS3.4 B.2.3 / PS3.7 9.3.1: the command's UIDs must be those of the data set.
-        if str(ds.get("SOPClassUID", "")) != sink.sop_class_uid:
+        if uid_of(header, 0x00080016) != sink.sop_class_uid:
             return StoreResult(
                 Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
                 "SOP Class UID differs from Affected SOP Class UID",
                 uid,
             )
-        if str(ds.get("SOPInstanceUID", "")) != uid:
+        if uid_of(header, 0x00080018) != uid:
             return StoreResult(
                 Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
                 "SOP Instance UID differs from Affected SOP Instance UID",
                 uid,
             )
         item.relative = self.store.object_path(now)
+        size = len(sink.content()) if sink.in_memory else sink.path.stat().st_size
         try:
             item.record = instance_record(
-                ds,
+                header,
                 transfer_syntax_uid=sink.transfer_syntax_uid,
                 path=item.relative,
-                size=sink.path.stat().st_size,
+                size=size,
                 sha256=sink.sha256.hexdigest(),
                 source_ae_title=sink.source_ae_title,
                 received_at=now,
             )
         except InvalidInstance as exc:
             return StoreResult(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, str(exc)[:64], uid)
+        sink.write_out()
+        if sink.error is not None:
+            return StoreResult(Status.OUT_OF_RESOURCES, f"cannot write: {sink.error.strerror}"[:64], uid)
         return None
 
     # ------------------------------------------------------------ local import

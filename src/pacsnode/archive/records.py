@@ -1,41 +1,115 @@
-"""PS3.3 / PS3.4 C.6: the index keys of one instance, read from its header through pydicom."""
+"""PS3.3 / PS3.4 C.6: the index keys of one instance, read from its header."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 from pacsnode.archive.index import InstanceRecord
+from pacsnode.data.header import HeaderError, RawHeader, read_header
 
 
 class InvalidInstance(ValueError):
     """The data set lacks what storage needs (PS3.4 B.2.3: 0xA900 / 0xC000)."""
 
 
-def _text(ds: Dataset, keyword: str, limit: int) -> str:
-    value = ds.get(keyword)
-    if value is None or value == "":
-        return ""
-    # A multi-valued element keeps the DICOM backslash form.
-    text = "\\".join(str(v) for v in value) if isinstance(value, list | tuple) else str(value)
-    return text[:limit]
+# (index column, tag, VR, kind, maximum length) for each level; kind is "text" or "int".
+_Field = tuple[str, int, str, str, int]
+PATIENT: tuple[_Field, ...] = (
+    ("patient_id", 0x00100020, "LO", "text", 64),
+    ("issuer_of_patient_id", 0x00100021, "LO", "text", 64),
+    ("patient_name", 0x00100010, "PN", "text", 324),
+    ("patient_birth_date", 0x00100030, "DA", "text", 8),
+    ("patient_sex", 0x00100040, "CS", "text", 16),
+)
+STUDY: tuple[_Field, ...] = (
+    ("study_date", 0x00080020, "DA", "text", 8),
+    ("study_time", 0x00080030, "TM", "text", 16),
+    ("accession_number", 0x00080050, "SH", "text", 64),
+    ("study_id", 0x00200010, "SH", "text", 16),
+    ("study_description", 0x00081030, "LO", "text", 64),
+    ("referring_physician_name", 0x00080090, "PN", "text", 324),
+)
+SERIES: tuple[_Field, ...] = (
+    ("modality", 0x00080060, "CS", "text", 16),
+    ("series_number", 0x00200011, "IS", "int", 0),
+    ("series_description", 0x0008103E, "LO", "text", 64),
+    ("series_date", 0x00080021, "DA", "text", 8),
+    ("series_time", 0x00080031, "TM", "text", 16),
+    ("body_part_examined", 0x00180015, "CS", "text", 16),
+    ("performed_procedure_step_start_date", 0x00400244, "DA", "text", 8),
+    ("performed_procedure_step_start_time", 0x00400245, "TM", "text", 16),
+    ("station_name", 0x00081010, "SH", "text", 16),
+    ("institution_name", 0x00080080, "LO", "text", 64),
+)
+INSTANCE: tuple[_Field, ...] = (
+    ("instance_number", 0x00200013, "IS", "int", 0),
+    ("specific_character_set", 0x00080005, "CS", "text", 256),
+    ("rows", 0x00280010, "US", "int", 0),
+    ("columns", 0x00280011, "US", "int", 0),
+    ("number_of_frames", 0x00280008, "IS", "int", 0),
+    ("content_date", 0x00080023, "DA", "text", 8),
+    ("content_time", 0x00080033, "TM", "text", 16),
+)
+UIDS: tuple[tuple[str, int], ...] = (
+    ("SOPInstanceUID", 0x00080018),
+    ("SOPClassUID", 0x00080016),
+    ("StudyInstanceUID", 0x0020000D),
+    ("SeriesInstanceUID", 0x0020000E),
+)
+WANTED: dict[int, bytes] = {
+    tag: vr.encode("ascii") for _, tag, vr, _, _ in PATIENT + STUDY + SERIES + INSTANCE
+} | {tag: b"UI" for _, tag in UIDS}
 
 
-def _int(ds: Dataset, keyword: str) -> int | None:
-    value = ds.get(keyword)
-    if value is None or value == "":
-        return None
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        return None
-    return number if -(2**31) <= number < 2**31 else None
+class _Source(Protocol):
+    def text(self, tag: int) -> str: ...
+    def integer(self, tag: int) -> int | None: ...
 
 
-def _uid(ds: Dataset, keyword: str) -> str:
-    value = str(ds.get(keyword, "") or "").strip("\0 ")
+class _DatasetSource:
+    """The same questions, asked of a pydicom Dataset (the fallback path)."""
+
+    def __init__(self, ds: Dataset) -> None:
+        self.ds = ds
+
+    def text(self, tag: int) -> str:
+        elem = self.ds.get(tag)
+        value = None if elem is None else elem.value
+        if value is None or value == "":
+            return ""
+        # A multi-valued element keeps the DICOM backslash form.
+        if isinstance(value, MultiValue | list | tuple):
+            return "\\".join(str(v) for v in value)
+        return str(value)
+
+    def integer(self, tag: int) -> int | None:
+        elem = self.ds.get(tag)
+        value = None if elem is None else elem.value
+        if value is None or value == "":
+            return None
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            return None
+
+
+def _int(value: int | None) -> int | None:
+    return value if value is not None and -(2**31) <= value < 2**31 else None
+
+
+def _level(source: _Source, fields: tuple[_Field, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for column, tag, _vr, kind, limit in fields:
+        out[column] = _int(source.integer(tag)) if kind == "int" else source.text(tag)[:limit]
+    return out
+
+
+def _uid(source: _Source, keyword: str, tag: int) -> str:
+    value = source.text(tag).strip("\0 ")
     if not value:
         raise InvalidInstance(f"{keyword} is missing or empty")
     if len(value) > 64:
@@ -43,8 +117,25 @@ def _uid(ds: Dataset, keyword: str) -> str:
     return value
 
 
+def uid_of(header: Dataset | RawHeader, tag: int) -> str:
+    """A UID of the header, padding removed; '' when absent."""
+    source: _Source = header if isinstance(header, RawHeader) else _DatasetSource(header)
+    return source.text(tag).strip("\0 ")
+
+
+def read_keys(data: bytes, offset: int, transfer_syntax_uid: str) -> RawHeader | None:
+    """The index keys by the fast reader, or None when pydicom must do it."""
+    try:
+        header = read_header(data, offset, transfer_syntax_uid, WANTED)
+    except (HeaderError, LookupError, UnicodeError, ValueError):
+        return None
+    # Elements out of order (a malformed header) can hide a UID from a reader that
+    # stops early: then pydicom, which reads everything, decides.
+    return header if all(tag in header.values for _, tag in UIDS) else None
+
+
 def instance_record(
-    ds: Dataset,
+    header: Dataset | RawHeader,
     *,
     transfer_syntax_uid: str,
     path: str,
@@ -53,58 +144,22 @@ def instance_record(
     source_ae_title: str,
     received_at: datetime,
 ) -> InstanceRecord:
-    """Build the index record of a header read with ``stop_before_pixels``."""
+    """Build the index record from a header: a pydicom Dataset or the fast reader's RawHeader."""
+    source: _Source = header if isinstance(header, RawHeader) else _DatasetSource(header)
     try:
-        sop_instance_uid = _uid(ds, "SOPInstanceUID")
-        sop_class_uid = _uid(ds, "SOPClassUID")
-        study_uid = _uid(ds, "StudyInstanceUID")
-        series_uid = _uid(ds, "SeriesInstanceUID")
-        patient: dict[str, str] = {
-            "patient_id": _text(ds, "PatientID", 64),
-            "issuer_of_patient_id": _text(ds, "IssuerOfPatientID", 64),
-            "patient_name": _text(ds, "PatientName", 324),
-            "patient_birth_date": _text(ds, "PatientBirthDate", 8),
-            "patient_sex": _text(ds, "PatientSex", 16),
-        }
-        study: dict[str, str] = {
-            "study_date": _text(ds, "StudyDate", 8),
-            "study_time": _text(ds, "StudyTime", 16),
-            "accession_number": _text(ds, "AccessionNumber", 64),
-            "study_id": _text(ds, "StudyID", 16),
-            "study_description": _text(ds, "StudyDescription", 64),
-            "referring_physician_name": _text(ds, "ReferringPhysicianName", 324),
-        }
-        series: dict[str, Any] = {
-            "modality": _text(ds, "Modality", 16),
-            "series_number": _int(ds, "SeriesNumber"),
-            "series_description": _text(ds, "SeriesDescription", 64),
-            "series_date": _text(ds, "SeriesDate", 8),
-            "series_time": _text(ds, "SeriesTime", 16),
-            "body_part_examined": _text(ds, "BodyPartExamined", 16),
-            "performed_procedure_step_start_date": _text(ds, "PerformedProcedureStepStartDate", 8),
-            "performed_procedure_step_start_time": _text(ds, "PerformedProcedureStepStartTime", 16),
-            "station_name": _text(ds, "StationName", 16),
-            "institution_name": _text(ds, "InstitutionName", 64),
-        }
-        instance: dict[str, Any] = {
-            "instance_number": _int(ds, "InstanceNumber"),
-            "transfer_syntax_uid": transfer_syntax_uid,
-            "specific_character_set": _text(ds, "SpecificCharacterSet", 256),
-            "rows": _int(ds, "Rows"),
-            "columns": _int(ds, "Columns"),
-            "number_of_frames": _int(ds, "NumberOfFrames"),
-            "content_date": _text(ds, "ContentDate", 8),
-            "content_time": _text(ds, "ContentTime", 16),
-        }
+        uids = [_uid(source, keyword, tag) for keyword, tag in UIDS]
+        patient, study, series = _level(source, PATIENT), _level(source, STUDY), _level(source, SERIES)
+        instance = _level(source, INSTANCE)
     except InvalidInstance:
         raise
     except Exception as exc:  # pydicom raises many kinds on malformed values
         raise InvalidInstance(f"cannot read the header: {exc}") from exc
+    instance["transfer_syntax_uid"] = transfer_syntax_uid
     return InstanceRecord(
-        sop_instance_uid=sop_instance_uid,
-        sop_class_uid=sop_class_uid,
-        series_instance_uid=series_uid,
-        study_instance_uid=study_uid,
+        sop_instance_uid=uids[0],
+        sop_class_uid=uids[1],
+        study_instance_uid=uids[2],
+        series_instance_uid=uids[3],
         patient=patient,
         study=study,
         series=series,
