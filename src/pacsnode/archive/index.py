@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -175,16 +175,25 @@ class ArchiveIndex:
 
     # ------------------------------------------------------------ writes
 
-    def store(self, records: Sequence[InstanceRecord], policy: str) -> list[StoreOutcome]:
+    def store(
+        self,
+        records: Sequence[InstanceRecord],
+        policy: str,
+        before_commit: Callable[[], None] | None = None,
+    ) -> list[StoreOutcome]:
         """Index a group of instances in one transaction; return what happened to each.
 
         The hot path of ingest: one query finds duplicates for the whole group,
         patient/study/series ids come from a cache, rows go in with executemany,
-        and the computed attributes are updated by increments.
+        and the computed attributes are updated by increments.  ``before_commit``
+        runs last inside the transaction: an exception from it rolls everything back.
         """
         try:
             with self.engine.begin() as conn:
-                return self._store(conn, records, policy)
+                outcomes = self._store(conn, records, policy)
+                if before_commit is not None:
+                    before_commit()
+                return outcomes
         except BaseException:
             self._forget()  # ids cached in a rolled-back transaction are not real
             raise
