@@ -6,7 +6,7 @@ import enum
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,12 @@ def _new_id(conn: Connection, statement: Insert) -> int:
 # The statements of the ingest hot path, built once: building SQLAlchemy expressions
 # per call cost more than executing them.
 _FIND_INSTANCES = select(
-    instances.c.id, instances.c.sop_instance_uid, instances.c.sha256, instances.c.path, instances.c.series_fk
+    instances.c.id,
+    instances.c.sop_instance_uid,
+    instances.c.sha256,
+    instances.c.path,
+    instances.c.series_fk,
+    instances.c.received_at,
 ).where(instances.c.sop_instance_uid.in_(bindparam("uids", expanding=True)))
 _INSERT_INSTANCES = instances.insert()
 _INSERT_CHANGES = changes.insert()
@@ -90,6 +95,15 @@ _ADD_TO_STUDY_WITH_CONTENT = _ADD_TO_STUDY.values(
 )
 
 
+# The policy start-up recovery uses when the configured one is "replace".
+RECOVER_REPLACE = "recover-replace"
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; every timestamp pacsnode writes is UTC.
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
 @dataclass(frozen=True, slots=True)
 class _Known:
     """An instance already indexed, or added earlier in the same group."""
@@ -98,6 +112,7 @@ class _Known:
     sha256: str
     path: str
     series_fk: int
+    received_at: datetime | None = None
 
 
 def _change(record: InstanceRecord, kind: str, detail: str) -> dict[str, Any]:
@@ -201,7 +216,7 @@ class ArchiveIndex:
     def _store(self, conn: Connection, records: Sequence[InstanceRecord], policy: str) -> list[StoreOutcome]:
         uids = list({r.sop_instance_uid for r in records})
         existing: dict[str, _Known] = {
-            row.sop_instance_uid: _Known(row.id, row.sha256, row.path, row.series_fk)
+            row.sop_instance_uid: _Known(row.id, row.sha256, row.path, row.series_fk, _aware(row.received_at))
             for row in conn.execute(_FIND_INSTANCES, {"uids": uids})
         }
         outcomes: list[StoreOutcome] = []
@@ -224,6 +239,13 @@ class ArchiveIndex:
                     continue
                 if policy == "keep-first":
                     change_rows.append(_change(record, "duplicate-ignored", f"kept {known.path}"))
+                    outcomes.append(StoreOutcome(Outcome.KEPT_FIRST, record.path))
+                    continue
+                if policy == RECOVER_REPLACE and (
+                    known.received_at is None or record.received_at <= known.received_at
+                ):
+                    # Start-up recovery: an older file is the leftover of a replacement
+                    # whose row committed; only a newer one is a replacement whose row was lost.
                     outcomes.append(StoreOutcome(Outcome.KEPT_FIRST, record.path))
                     continue
                 # replace: the old row goes now, its file after the commit.
@@ -251,7 +273,7 @@ class ArchiveIndex:
                 }
             )
             # A later record of this group with the same UID must see this one.
-            existing[uid] = _Known(-1, record.sha256, record.path, series_fk)
+            existing[uid] = _Known(-1, record.sha256, record.path, series_fk, record.received_at)
             change_rows.append(_change(record, kind, ""))
             if obsolete is None:
                 added[series_fk] = added.get(series_fk, 0) + 1

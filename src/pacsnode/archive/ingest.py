@@ -18,7 +18,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from pacsnode.archive.blobs import FileStore
-from pacsnode.archive.index import ArchiveIndex, InstanceRecord, Outcome
+from pacsnode.archive.index import RECOVER_REPLACE, ArchiveIndex, InstanceRecord, Outcome
 from pacsnode.archive.records import InvalidInstance, instance_record, read_keys, uid_of
 from pacsnode.config.settings import Settings
 from pacsnode.data.header import RawHeader
@@ -210,7 +210,8 @@ class Archive:
             except Exception as exc:
                 log.warning("dropping unreadable object file %s: %s", relative, exc)
                 self.store.remove(path)
-        outcomes = self.index.store(records, self.policy)
+        policy = RECOVER_REPLACE if self.policy == "replace" else self.policy
+        outcomes = self.index.store(records, policy)
         kept = 0
         for record, outcome in zip(records, outcomes, strict=True):
             if outcome.outcome in (Outcome.STORED, Outcome.REPLACED):

@@ -101,10 +101,22 @@ def _int(value: int | None) -> int | None:
     return value if value is not None and -(2**31) <= value < 2**31 else None
 
 
+def _date(text: str) -> str:
+    # Fix (tests/interop/test_storage_scp.py): PS3.5 6.2 DA, the ACR-NEMA form YYYY.MM.DD
+    # (e.g. NM_multiframe_13f.dcm) was cut to 8 characters, '1995.05.'; kept as YYYYMMDD.
+    if len(text) == 10 and text[4] == "." and text[7] == ".":
+        return text.replace(".", "")
+    return text
+
+
 def _level(source: _Source, fields: tuple[_Field, ...]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for column, tag, _vr, kind, limit in fields:
-        out[column] = _int(source.integer(tag)) if kind == "int" else source.text(tag)[:limit]
+    for column, tag, vr, kind, limit in fields:
+        if kind == "int":
+            out[column] = _int(source.integer(tag))
+        else:
+            text = source.text(tag)
+            out[column] = (_date(text) if vr == "DA" else text)[:limit]
     return out
 
 
