@@ -81,3 +81,66 @@ def make_threaded_server() -> Iterator[Callable[..., ThreadedServer]]:
 def threaded_server(make_threaded_server: Callable[..., ThreadedServer]) -> ThreadedServer:
     """A default pacsnode server on its own loop in a background thread."""
     return make_threaded_server()
+
+
+# ---------------------------------------------------------------- storage: nodes with an archive
+#
+# ``index_url`` is parametrised over both index back ends: "sqlite" (the default: SQLite in the
+# node's data folder) and "postgresql" (a database created once per test module on
+# $PACSNODE_TEST_PG_URL, default postgresql://postgres@127.0.0.1/postgres, dropped after the
+# module; its tables are dropped after each test so that every test starts empty).
+# ``make_storage_node(**storage)`` starts a Node (archive + DICOM server, port 0) on its own
+# loop in a thread and returns a `ThreadedNode` (host, port, ae_title, data, index, node);
+# ``storage_node`` is one with the default settings (duplicate_policy reject).
+
+
+@pytest.fixture(scope="module")
+def pg_module_database() -> Iterator[str]:
+    """A fresh PostgreSQL database ``pacsnode_t_<random>`` for this test module."""
+    from peerkit import pg_database
+
+    with pg_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def index_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The index database URL of the node under test ('' = SQLite in its data folder)."""
+    if request.param == "sqlite":
+        yield ""
+        return
+    url: str = request.getfixturevalue("pg_module_database")
+    yield url
+    from pacsnode.archive.index import ArchiveIndex
+
+    index = ArchiveIndex(url)
+    try:
+        index.drop_all()
+    finally:
+        index.dispose()
+
+
+@pytest.fixture
+def make_storage_node(tmp_path: Path, index_url: str) -> Iterator[Callable[..., Any]]:
+    """Factory: ``make_storage_node(data=..., index_url=..., aet=..., network={...}, **storage)``."""
+    from peerkit import start_threaded_node, storage_settings
+
+    default_url = index_url
+    started: list[Any] = []
+
+    def start(*, data: Path | None = None, index_url: str | None = None, **options: Any) -> Any:
+        folder = data if data is not None else tmp_path / f"data{len(started)}"
+        url = index_url if index_url is not None else default_url
+        node = start_threaded_node(storage_settings(folder, url, **options))
+        started.append(node)
+        return node
+
+    yield start
+    for node in reversed(started):
+        node.close()
+
+
+@pytest.fixture
+def storage_node(make_storage_node: Callable[..., Any]) -> Any:
+    """A started Node with an archive (duplicate_policy reject) on 127.0.0.1, port 0."""
+    return make_storage_node()

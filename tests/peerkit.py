@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -433,3 +434,602 @@ def run_tool(args: Sequence[str], timeout: float = 60.0, **kwargs: Any) -> subpr
         check=False,
         **kwargs,
     )
+
+
+# ---------------------------------------------------------------- archive nodes (storage tests)
+#
+# Used by tests/archive, tests/interop/test_storage_scp.py and tests/e2e through the
+# ``index_url`` / ``make_storage_node`` / ``storage_node`` fixtures of tests/conftest.py.
+
+PG_ADMIN_URL = os.environ.get("PACSNODE_TEST_PG_URL", "postgresql://postgres@127.0.0.1/postgres")
+OBJECT_NAME = re.compile(r"objects/\d{8}/\d{2}/[0-9a-f]{32}\.dcm")
+
+
+def _pg_admin_connect() -> Any:
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(PG_ADMIN_URL)
+    try:
+        return psycopg.connect(
+            host=url.host or "127.0.0.1",
+            port=url.port or 5432,
+            user=url.username or "postgres",
+            password=url.password,
+            dbname=url.database or "postgres",
+            autocommit=True,
+            connect_timeout=5,
+        )
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL not reachable at {url.render_as_string(hide_password=True)}: {exc}")
+
+
+def pg_database_url(name: str) -> str:
+    """The URL of database ``name`` on the test PostgreSQL server."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+
+
+def create_pg_database() -> tuple[str, str]:
+    """CREATE DATABASE pacsnode_t_<random>; returns (name, url). Skips when PostgreSQL is down."""
+    name = f"pacsnode_t_{uuid.uuid4().hex[:12]}"
+    with _pg_admin_connect() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return name, pg_database_url(name)
+
+
+def drop_pg_database(name: str) -> None:
+    """DROP DATABASE ... WITH (FORCE): also ends sessions a test left open (PostgreSQL 13+)."""
+    with _pg_admin_connect() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for the block, dropped afterwards."""
+    name, url = create_pg_database()
+    try:
+        yield url
+    finally:
+        drop_pg_database(name)
+
+
+def storage_settings(
+    data: Path,
+    index_url: str = "",
+    *,
+    aet: str = AE_TITLE,
+    network: dict[str, Any] | None = None,
+    **storage: Any,
+) -> Settings:
+    """Node settings for tests: port 0, this data folder and index, short shutdown."""
+    from pacsnode.config.settings import load_settings
+
+    return load_settings(
+        None,
+        {
+            "node": {"data": data, "dicom_port": 0, "aet": aet},
+            "network": {"shutdown_timeout": 2.0, **(network or {})},
+            "storage": {"index_url": index_url, **storage},
+        },
+        environ={},
+    )
+
+
+@dataclass
+class ThreadedNode:
+    """A started pacsnode Node (archive + DICOM server) on its own event loop in a thread."""
+
+    node: Any  # pacsnode.net.node.Node
+    loop: asyncio.AbstractEventLoop
+    thread: threading.Thread
+    host: str
+    port: int
+    ae_title: str
+    _index: Any = field(default=None, repr=False)
+    _closed: bool = field(default=False, repr=False)
+
+    @property
+    def settings(self) -> Settings:
+        return self.node.settings  # type: ignore[no-any-return]
+
+    @property
+    def data(self) -> Path:
+        return Path(self.settings.node.data)
+
+    @property
+    def index(self) -> Any:
+        """An ArchiveIndex of the node's database, for the test to read (its own engine)."""
+        if self._index is None:
+            from pacsnode.archive.index import ArchiveIndex
+
+            self._index = ArchiveIndex(self.settings.index_url())
+        return self._index
+
+    def call(self, make: Callable[[], Coroutine[Any, Any, T]], timeout: float = WAIT) -> T:
+        return asyncio.run_coroutine_threadsafe(make(), self.loop).result(timeout)
+
+    def wait_idle(self, timeout: float = WAIT) -> None:
+        """Block until the node's server has no connection left (every sink closed or discarded)."""
+        self.call(lambda: wait_idle(self.node.server, timeout), timeout + 1)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.call(self.node.close, WAIT + 5)
+
+            async def check() -> None:
+                assert_no_leak(self.node.server)
+
+            self.call(check)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(WAIT)
+            if not self.thread.is_alive():
+                self.loop.close()
+            if self._index is not None:
+                self._index.dispose()
+
+
+def start_threaded_node(settings: Settings) -> ThreadedNode:
+    """Start a Node with these settings on a fresh (uv)loop in a daemon thread."""
+    from pacsnode.net.node import Node
+
+    loop = new_loop()
+    ready = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.call_soon(ready.set)
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, name="pacsnode-test-node", daemon=True)
+    thread.start()
+    if not ready.wait(WAIT):
+        raise AssertionError("node event loop did not start")
+
+    async def create() -> Any:
+        node = Node(settings)
+        await node.start()
+        return node
+
+    try:
+        node = asyncio.run_coroutine_threadsafe(create(), loop).result(WAIT + 20)
+    except BaseException:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(WAIT)
+        raise
+    return ThreadedNode(node, loop, thread, HOST, node.server.port, settings.node.aet)
+
+
+def data_files(data: Path) -> list[str]:
+    """Every file under a data folder, relative, except the SQLite index files."""
+    return sorted(
+        p.relative_to(data).as_posix()
+        for p in data.rglob("*")
+        if p.is_file() and not p.name.startswith("index.sqlite")
+    )
+
+
+def assert_consistent(data: Path, index: Any) -> list[str]:
+    """The durability invariants at rest: no row without its file, no spool leftover,
+    no object file without its row, and every name server-generated. Returns the indexed paths."""
+    paths = index.all_paths()
+    missing = [p for p in paths if not (data / p).is_file()]
+    assert not missing, f"index rows without their file: {missing}"
+    files = data_files(data)
+    spool = [f for f in files if f.startswith("spool/")]
+    assert not spool, f"spool not empty: {spool}"
+    bad_names = [f for f in files if not OBJECT_NAME.fullmatch(f)]
+    assert not bad_names, f"files not named by the server: {bad_names}"
+    orphans = sorted(set(files) - set(paths))
+    assert not orphans, f"object files no index row references: {orphans}"
+    return list(paths)
+
+
+def dataset_bytes_of_stored(path: Path) -> bytes:
+    """The data set bytes of a stored Part 10 file (everything after its File Meta Information)."""
+    from pacsnode.data.part10 import read_layout
+
+    with path.open("rb") as fp:
+        read_layout(fp)
+        return fp.read()
+
+
+def part10_dataset(path: Path) -> tuple[str, str, str, bytes]:
+    """(SOP class, SOP instance, transfer syntax, data set bytes) of a Part 10 file, as on disk."""
+    from pacsnode.data.part10 import read_layout
+
+    with path.open("rb") as fp:
+        layout = read_layout(fp)
+        return layout.sop_class_uid, layout.sop_instance_uid, layout.transfer_syntax_uid, fp.read()
+
+
+# ---------------------------------------------------------------- C-STORE senders
+
+
+@dataclass(frozen=True)
+class StoreStatus:
+    """What a C-STORE-RSP said (status None: no response, the association failed)."""
+
+    status: int | None
+    comment: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 0
+
+
+def pynetdicom_store(
+    host: str,
+    port: int,
+    datasets: Sequence[Any],
+    *,
+    called: str = AE_TITLE,
+    calling: str = "PYNETDICOM",
+    dimse_timeout: float = 30.0,
+) -> list[StoreStatus]:
+    """Send pydicom Datasets (each with file_meta.TransferSyntaxUID) on one pynetdicom association."""
+    from pynetdicom import AE
+
+    ae = AE(ae_title=calling)
+    ae.dimse_timeout = dimse_timeout
+    ae.acse_timeout = WAIT
+    ae.network_timeout = WAIT
+    pairs: list[tuple[str, str]] = []
+    for ds in datasets:
+        pair = (str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID))
+        if pair not in pairs:
+            pairs.append(pair)
+    for sop_class, ts in pairs:
+        ae.add_requested_context(sop_class, ts)
+    assoc = ae.associate(host, port, ae_title=called)
+    assert assoc.is_established, "pynetdicom could not associate"
+    out: list[StoreStatus] = []
+    try:
+        for ds in datasets:
+            rsp = assoc.send_c_store(ds)
+            status = rsp.get("Status") if rsp is not None else None
+            out.append(StoreStatus(status, str(rsp.get("ErrorComment", "")) if rsp else ""))
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return out
+
+
+async def raw_store_async(
+    host: str,
+    port: int,
+    items: Sequence[tuple[str, str, str, bytes]],
+    *,
+    called: str = AE_TITLE,
+    calling: str = "RAWSTORE",
+    command_uids: Sequence[str | None] | None = None,
+    dimse_timeout: float = 30.0,
+) -> list[Command]:
+    """C-STORE pre-encoded data sets on one association of our own client, byte for byte.
+
+    ``items`` are (SOP class, SOP instance, transfer syntax, data set bytes); ``command_uids``
+    may give another Affected SOP Instance UID per item (to send a command that lies).
+    """
+    from pacsnode.dimse.messages import c_store_rq
+
+    pairs: dict[tuple[str, str], None] = {}
+    for sop_class, _, ts, _ in items:
+        pairs[(sop_class, ts)] = None
+    contexts = [ProposedContext(sop_class, (ts,)) for sop_class, ts in pairs]
+    contexts.append(ProposedContext(VERIFICATION_SOP_CLASS, UNCOMPRESSED_TRANSFER_SYNTAXES))
+    out: list[Command] = []
+    async with associate(
+        host,
+        port,
+        called_ae_title=called,
+        calling_ae_title=calling,
+        contexts=contexts,
+        dimse_timeout=dimse_timeout,
+    ) as assoc:
+        for i, (sop_class, sop_instance, ts, data) in enumerate(items):
+            ctx = assoc.negotiated.context_for(sop_class, ts)
+            assert ctx is not None, f"{sop_class} / {ts} not accepted"
+            lie = command_uids[i] if command_uids is not None else None
+            uid = lie if lie is not None else sop_instance
+            rq = c_store_rq(assoc.next_message_id(), sop_class, uid)
+            final: Command | None = None
+            async for rsp, _ in assoc.request(ctx.context_id, rq, data):
+                final = rsp
+            assert final is not None
+            out.append(final)
+    return out
+
+
+def raw_store(host: str, port: int, items: Sequence[tuple[str, str, str, bytes]], **kw: Any) -> list[Command]:
+    """`raw_store_async` from blocking code (its own event loop in this thread)."""
+    return asyncio.run(raw_store_async(host, port, items, **kw))
+
+
+def encode_dataset(ds: Any, transfer_syntax: str) -> bytes:
+    """The data set encoded in a transfer syntax, as pynetdicom puts it on the wire."""
+    from pydicom.uid import UID
+    from pynetdicom.dsutils import encode
+
+    ts = UID(transfer_syntax)
+    data = encode(ds, ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated)
+    assert data is not None
+    return bytes(data)
+
+
+def index_rows(index: Any) -> dict[str, list[dict[str, Any]]]:
+    """Every row of the index tables, as dicts (for assertions)."""
+    from sqlalchemy import select
+
+    from pacsnode.archive.schema import changes, instances, patients, series, studies
+
+    out: dict[str, list[dict[str, Any]]] = {}
+    with index.engine.connect() as conn:
+        for table, order in (
+            (patients, patients.c.id),
+            (studies, studies.c.id),
+            (series, series.c.id),
+            (instances, instances.c.id),
+            (changes, changes.c.seq),
+        ):
+            out[table.name] = [dict(r._mapping) for r in conn.execute(select(table).order_by(order))]
+    return out
+
+
+def assert_computed_attributes(index: Any) -> dict[str, list[dict[str, Any]]]:
+    """The computed attributes (PS3.4 C.6.1.1.3, C.6.2.1.2) agree with a recount from the rows."""
+    rows = index_rows(index)
+    per_series: dict[int, list[dict[str, Any]]] = {s["id"]: [] for s in rows["series"]}
+    for inst in rows["instances"]:
+        per_series[inst["series_fk"]].append(inst)
+    problems = []
+    for s in rows["series"]:
+        n, stored = len(per_series[s["id"]]), s["number_of_series_related_instances"]
+        if stored != n:
+            problems.append(f"series {s['series_instance_uid']}: {stored} instances, recount {n}")
+    for st in rows["studies"]:
+        mine = [s for s in rows["series"] if s["study_fk"] == st["id"]]
+        filled = [s for s in mine if per_series[s["id"]]]
+        insts = [i for s in mine for i in per_series[s["id"]]]
+        expected = {
+            "number_of_study_related_series": len(filled),
+            "number_of_study_related_instances": len(insts),
+            "modalities_in_study": "\\".join(sorted({s["modality"] for s in filled if s["modality"]})),
+            "sop_classes_in_study": "\\".join(sorted({i["sop_class_uid"] for i in insts})),
+        }
+        for key, value in expected.items():
+            if st[key] != value:
+                problems.append(f"study {st['study_instance_uid']}: {key} = {st[key]!r}, recount {value!r}")
+    assert not problems, "\n".join(problems)
+    return rows
+
+
+# ---------------------------------------------------------------- generated instances
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
+
+
+def new_uid() -> str:
+    """A fresh UUID-derived UID (PS3.5 B.2)."""
+    return f"2.25.{uuid.uuid4().int}"
+
+
+def make_instance(
+    *,
+    study: str | None = None,
+    series: str | None = None,
+    sop_instance: str | None = None,
+    sop_class: str = CT_IMAGE_STORAGE,
+    modality: str = "CT",
+    patient_id: str = "PAT1",
+    pixels: bytes | None = None,
+    size: int = 16,
+    **attributes: Any,
+) -> Any:
+    """A small, valid image instance (Explicit VR LE) with its own or the given UIDs."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+
+    ds = Dataset()
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = sop_instance or new_uid()
+    ds.StudyInstanceUID = study or new_uid()
+    ds.SeriesInstanceUID = series or new_uid()
+    ds.PatientID = patient_id
+    ds.PatientName = "Test^Patient"
+    ds.Modality = modality
+    ds.StudyDate = "20240102"
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = 1
+    ds.Rows = size
+    ds.Columns = size
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 8
+    ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    ds.PixelData = pixels if pixels is not None else os.urandom(size * size)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = EXPLICIT_VR_LE
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    return ds
+
+
+def item_of(ds: Any) -> tuple[str, str, str, bytes]:
+    """A generated instance as a `raw_store` item (Explicit VR LE bytes)."""
+    ts = str(ds.file_meta.TransferSyntaxUID)
+    return str(ds.SOPClassUID), str(ds.SOPInstanceUID), ts, encode_dataset(ds, ts)
+
+
+def object_files(data: Path) -> list[str]:
+    """The archived object files of a data folder (relative paths)."""
+    return [f for f in data_files(data) if f.startswith("objects/")]
+
+
+def echo_ok(host: str, port: int, ae_title: str = AE_TITLE) -> bool:
+    """One C-ECHO on a fresh association of our own client: did it succeed?"""
+    from pacsnode.net.blocking import connect
+
+    with connect(host, port, called_ae_title=ae_title, calling_ae_title="ECHOSCU", dimse_timeout=WAIT) as a:
+        return bool(a.echo().ok)
+
+
+class TcpProxy:
+    """A loopback TCP forwarder that the test can cut (closed port) and bring back on the same port.
+
+    Stands between a node and its PostgreSQL index: ``stop()`` closes the listening socket and
+    every forwarded connection, so the database looks gone; ``start()`` listens again.
+    ``freeze()`` keeps every connection open but forwards nothing: a database that stops
+    answering (a stalled server or middlebox); ``thaw()`` ends that.
+    """
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = 0
+        self._listener: socket.socket | None = None
+        self._socks: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self.frozen = threading.Event()
+
+    def freeze(self) -> None:
+        self.frozen.set()
+
+    def thaw(self) -> None:
+        self.frozen.clear()
+
+    def start(self) -> None:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((HOST, self.port))
+        listener.listen(16)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        thread = threading.Thread(target=self._accept, args=(listener,), name="tcp-proxy", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # stop() shut the listener down
+            try:
+                upstream = socket.create_connection(self.target, timeout=WAIT)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._socks.update((client, upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                t = threading.Thread(target=self._pump, args=(a, b), daemon=True)
+                t.start()
+                self._threads.append(t)
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while chunk := src.recv(65536):
+                if not self.frozen.is_set():
+                    dst.sendall(chunk)
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def stop(self) -> None:
+        """Close the port and cut every forwarded connection."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
+        with self._lock:
+            socks, self._socks = self._socks, set()
+        for s in socks:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+        for t in self._threads:
+            t.join(WAIT)
+        self._threads = [t for t in self._threads if t.is_alive()]
+
+
+# ---------------------------------------------------------------- `pacsnode serve` as a process
+
+LISTENING = re.compile(r"pacsnode (\S+) listening for DICOM on ([0-9.]+):(\d+)")
+
+
+class ServeProcess:
+    """`pacsnode serve` on port 0 in a subprocess; a thread drains its log and spots 'listening'."""
+
+    def __init__(self, data: Path, *, index_url: str = "", config: Path | None = None) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PACSNODE_")}
+        env["COLUMNS"] = "250"
+        if index_url:
+            env["PACSNODE_INDEX_URL"] = index_url
+        args = [PACSNODE, "serve", "--data", str(data), "--dicom-port", "0"]
+        if config is not None:
+            args += ["--config", str(config)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        self.lines: list[str] = []
+        self.port = 0
+        self._ready = threading.Event()
+        self._reader = threading.Thread(target=self._read, name="serve-log", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            line = raw.decode(errors="replace").rstrip("\n")
+            self.lines.append(line)
+            m = LISTENING.search(line)
+            if m and not self.port:
+                self.port = int(m.group(3))
+                self._ready.set()
+        self._ready.set()  # EOF: the process is gone; wait_ready reports it
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_ready(self, timeout: float = WAIT + 20) -> int:
+        """Block until the 'listening' log line; returns the port."""
+        if not self._ready.wait(timeout) or not self.port:
+            raise AssertionError(f"`pacsnode serve` not listening (exit {self.proc.poll()}):\n{self.output}")
+        return self.port
+
+    def kill9(self) -> None:
+        """SIGKILL, by the process's own id (no clean-up in the server can run)."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, 9)
+        self.proc.wait(WAIT)
+        self._reader.join(WAIT)
+
+    def stop(self) -> int:
+        """SIGTERM (graceful) and wait for the exit code."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            code = self.proc.wait(WAIT + 15)
+        except subprocess.TimeoutExpired:
+            self.kill9()
+            raise
+        self._reader.join(WAIT)
+        return code
+
+    def memory_kb(self, field_name: str = "VmHWM") -> int:
+        """A memory figure of /proc/<pid>/status (VmHWM: peak resident set size), in kB."""
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        m = re.search(rf"^{field_name}:\s+(\d+) kB", status, re.MULTILINE)
+        assert m, status
+        return int(m.group(1))

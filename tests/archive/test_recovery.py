@@ -108,3 +108,43 @@ def test_replacement_whose_row_was_lost_is_restored(make_storage_node, tmp_path)
     assert not (data / row["path"]).exists()
     assert_consistent(data, node.index)
     assert_computed_attributes(node.index)
+
+
+def test_obsolete_file_from_an_earlier_hour_is_swept(make_storage_node, tmp_path, monkeypatch):
+    """A crash between the replacement's commit and the old file's delete: the trash journal,
+    written in the same transaction, makes start-up delete it, whatever hour folder it is in."""
+    from pacsnode.archive.blobs import FileStore
+    from pacsnode.archive.index import ArchiveIndex
+    from pacsnode.archive.index import ArchiveIndex
+
+    data = tmp_path / "data"
+    node = make_storage_node(data=data, duplicate_policy="replace")
+    old = make_instance()
+    assert pynetdicom_store(node.host, node.port, [old])[0].ok
+    old_path = node.index.instance(old.SOPInstanceUID)["path"]
+    # As if the original had arrived long ago: its file in an old hour folder.
+    earlier = data / "objects" / "20000101" / "00" / old_path.rsplit("/", 1)[1]
+    earlier.parent.mkdir(parents=True)
+    (data / old_path).rename(earlier)
+    relative = str(earlier.relative_to(data))
+    with node.index.engine.begin() as conn:
+        from pacsnode.archive.schema import instances
+
+        conn.execute(instances.update().values(path=relative))
+    new = make_instance(study=old.StudyInstanceUID, sop_instance=old.SOPInstanceUID)
+    real_remove = FileStore.remove
+    # The crash: neither the delete of the obsolete file nor the journal's clearing happen.
+    monkeypatch.setattr(
+        FileStore, "remove", lambda self, path: None if path == earlier else real_remove(self, path)
+    )
+    monkeypatch.setattr(ArchiveIndex, "empty_trash", lambda self, paths: None)
+    assert pynetdicom_store(node.host, node.port, [new])[0].ok
+    node.close()
+    monkeypatch.undo()
+    assert earlier.exists()
+
+    node = make_storage_node(data=data, duplicate_policy="replace")
+    row = node.index.instance(old.SOPInstanceUID)
+    assert part10_dataset(data / row["path"])[3] == item_of(new)[3]
+    assert not earlier.exists(), "the orphan of a crash was not swept at start-up"
+    assert_consistent(data, node.index)

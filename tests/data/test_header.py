@@ -82,3 +82,25 @@ def test_truncated_header_is_refused() -> None:
 def test_big_endian_goes_to_pydicom() -> None:
     with pytest.raises(HeaderError):
         read_header(b"", 0, "1.2.840.10008.1.2.2", {0x00100010: b"PN"})
+
+
+def test_truncation_is_found_in_the_truncated_files_only() -> None:
+    from pacsnode.data.header import truncation
+
+    flagged = set()
+    for path in FILES:
+        with path.open("rb") as fp:
+            try:
+                layout = read_layout(fp)
+            except Exception:
+                continue
+        if layout.transfer_syntax_uid and truncation(
+            path.read_bytes(), layout.dataset_offset, layout.transfer_syntax_uid
+        ):
+            flagged.add(str(path.relative_to(TESTDATA)))
+    assert flagged == {
+        "malformed/MR_3GB_bulkdata_truncated.dcm",
+        "malformed/MR_j2k_pixeldata_too_short.dcm",
+        "malformed/MR_truncated_pixeldata.dcm",
+        "malformed/RTPLAN_truncated.dcm",
+    }

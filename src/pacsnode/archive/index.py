@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Insert, bindparam, create_engine, event, func, select
 from sqlalchemy.engine import make_url
 
-from pacsnode.archive.schema import changes, instances, metadata, patients, series, studies
+from pacsnode.archive.schema import changes, instances, metadata, patients, series, studies, trash
 
 log = logging.getLogger("pacsnode.archive")
 
@@ -157,9 +157,16 @@ def make_engine(url: str) -> Engine:
             pool_pre_ping=True,
             # synchronous_commit=off: as with SQLite, the file sync is the durability
             # point and start-up re-indexes what a server crash lost.
+            # TCP keepalives and tcp_user_timeout break a connection to a server that
+            # stopped answering, which statement_timeout (server side) cannot.
             connect_args={
                 "connect_timeout": 5,
                 "options": "-c statement_timeout=30000 -c synchronous_commit=off",
+                "keepalives": 1,
+                "keepalives_idle": 5,
+                "keepalives_interval": 2,
+                "keepalives_count": 3,
+                "tcp_user_timeout": 15000,
             },
         )
     return create_engine(url)
@@ -253,6 +260,7 @@ class ArchiveIndex:
                     conn.execute(_INSERT_INSTANCES, new_rows)
                     new_rows = []
                 conn.execute(instances.delete().where(instances.c.sop_instance_uid == uid))
+                conn.execute(trash.insert().values(path=known.path, at=record.received_at))
                 recount_series.add(known.series_fk)
                 recount_studies.add(self._study_of_series(conn, known.series_fk))
                 obsolete, kind = known.path, "replaced"
@@ -449,6 +457,18 @@ class ArchiveIndex:
                     updated_at=func.now(),
                 )
             )
+
+    def trash_paths(self) -> list[str]:
+        """Files whose deletion was committed but may not have happened."""
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(trash.c.path)).scalars())
+
+    def empty_trash(self, paths: Iterable[str]) -> None:
+        """These files are deleted: forget them."""
+        done = list(paths)
+        if done:
+            with self.engine.begin() as conn:
+                conn.execute(trash.delete().where(trash.c.path.in_(done)))
 
     # ------------------------------------------------------------ reads
 

@@ -21,7 +21,7 @@ from pacsnode.archive.blobs import FileStore
 from pacsnode.archive.index import RECOVER_REPLACE, ArchiveIndex, InstanceRecord, Outcome
 from pacsnode.archive.records import InvalidInstance, instance_record, read_keys, uid_of
 from pacsnode.config.settings import Settings
-from pacsnode.data.header import RawHeader
+from pacsnode.data.header import RawHeader, truncation
 from pacsnode.data.part10 import file_meta, read_layout
 from pacsnode.dimse.status import Status
 
@@ -177,6 +177,7 @@ class Archive:
         self.index = ArchiveIndex(settings.index_url())
         self.policy = settings.storage.duplicate_policy
         self.max_batch = settings.storage.max_batch
+        self.commit_timeout = settings.storage.commit_timeout
         self._queue: asyncio.Queue[_Pending] | None = None
         self._task: asyncio.Task[None] | None = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pacsnode-commit")
@@ -193,6 +194,10 @@ class Archive:
         indexed again (or dropped if it cannot be read whole).
         """
         self.index.migrate()
+        obsolete = self.index.trash_paths()
+        for relative in obsolete:
+            self.store.remove(self.store.absolute(relative))
+        self.index.empty_trash(obsolete)
         since = self.index.newest_received_at()
         recent = self.store.recent_relatives(since)
         known = self.index.known_paths(recent)
@@ -220,6 +225,9 @@ class Archive:
                 self.store.remove(self.store.absolute(record.path))
             if outcome.obsolete_path is not None:
                 self.store.remove(self.store.absolute(outcome.obsolete_path))
+        self.index.empty_trash(
+            o.obsolete_path for o in outcomes if o.outcome is Outcome.REPLACED and o.obsolete_path
+        )
         log.warning("re-indexed %d instance file(s) whose index rows were lost", kept)
 
     async def start(self) -> None:
@@ -259,7 +267,19 @@ class Archive:
         assert self._queue is not None, "Archive.start() was not awaited"
         future: asyncio.Future[StoreResult] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Pending(sink, future))
-        return await future
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), self.commit_timeout)
+        except TimeoutError:
+            # The commit may still complete later; the sender's retry then finds an
+            # identical copy and succeeds.  What matters here is a timely answer.
+            log.error(
+                "no group commit within %.0f s: instance %s refused",
+                self.commit_timeout,
+                sink.sop_instance_uid,
+            )
+            return StoreResult(
+                Status.OUT_OF_RESOURCES, "storage did not complete in time", sink.sop_instance_uid
+            )
 
     async def _commit_loop(self) -> None:
         assert self._queue is not None
@@ -313,10 +333,18 @@ class Archive:
                 self.store.remove(item.sink.path)
                 self.store.remove(self.store.absolute(item.relative))
             return
+        deleted: list[str] = []
         for item, outcome in zip(ready, outcomes, strict=True):
             item.result = _result_of(outcome.outcome, item.sink.sop_instance_uid)
             if outcome.obsolete_path is not None:
                 self.store.remove(self.store.absolute(outcome.obsolete_path))
+                if outcome.outcome is Outcome.REPLACED:
+                    deleted.append(outcome.obsolete_path)
+        if deleted:
+            try:
+                self.index.empty_trash(deleted)
+            except Exception as exc:  # replayed at the next start-up
+                log.warning("could not clear the trash journal: %s", exc)
 
     def _check(self, item: _Pending, now: datetime) -> StoreResult | None:
         sink = item.sink
@@ -326,6 +354,10 @@ class Archive:
             return StoreResult(Status.OUT_OF_RESOURCES, f"cannot write: {sink.error.strerror}"[:64], uid)
         header: Dataset | RawHeader | None = None
         if sink.in_memory:
+            cut = truncation(sink.content(), sink.meta_length, sink.transfer_syntax_uid)
+            if cut is not None:
+                # PS3.4 B.2.3: Cxxx Error: Cannot understand (a data set cut short).
+                return StoreResult(Status.CANNOT_UNDERSTAND, f"truncated: {cut}"[:64], uid)
             header = read_keys(sink.content(), sink.meta_length, sink.transfer_syntax_uid)
         if header is None:
             try:

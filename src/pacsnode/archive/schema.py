@@ -117,3 +117,14 @@ changes = Table(
     Column("study_instance_uid", String(64), nullable=False),
     Column("detail", Text, nullable=False, default=""),
 )
+
+# Files to delete once their transaction committed (the old file of a replaced
+# instance): written in the same transaction, cleared after the delete, replayed
+# at start-up, so a crash in between never leaves the file behind.
+trash = Table(
+    "trash",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("path", String(256), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+)

@@ -82,6 +82,9 @@ class StorageSettings(BaseModel):
     # "syncfs": one file-system sync per group of instances (Linux); "fsync": one per file.
     sync: Literal["syncfs", "fsync"] = "syncfs"
     max_batch: int = Field(default=256, ge=1)
+    # Seconds an instance may wait for its group commit before the store fails (A700):
+    # an index that stops answering must not leave the sender without a response.
+    commit_timeout: float = Field(default=30.0, gt=0)
 
 
 class Settings(BaseModel):

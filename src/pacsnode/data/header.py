@@ -38,6 +38,10 @@ class HeaderError(ValueError):
     """The header is not one this reader handles; use pydicom instead."""
 
 
+class Truncated(HeaderError):
+    """The data set ends inside an element or an undefined-length sequence."""
+
+
 class RawHeader:
     """Raw values of the wanted elements, decoded on request."""
 
@@ -88,12 +92,7 @@ def read_header(
     data: bytes | memoryview, offset: int, transfer_syntax_uid: str, wanted: dict[int, bytes]
 ) -> RawHeader:
     """Read the ``wanted`` top-level elements (tag -> VR for implicit VR) from ``data[offset:]``."""
-    if transfer_syntax_uid == IMPLICIT_VR_LITTLE_ENDIAN:
-        explicit = False
-    elif transfer_syntax_uid in _EXPLICIT_LE_FAMILY or transfer_syntax_uid.startswith("1.2.840.10008.1.2.4."):
-        explicit = True  # every encapsulated syntax is Explicit VR Little Endian (PS3.5 A.4)
-    else:
-        raise HeaderError(f"transfer syntax {transfer_syntax_uid} is not handled here")
+    explicit = _is_explicit(transfer_syntax_uid)
     last = max(wanted)
     values: dict[int, tuple[bytes, bytes]] = {}
     buf = memoryview(data)
@@ -109,19 +108,34 @@ def read_header(
             pos = _skip_undefined(buf, pos, explicit, 0)
             continue
         if pos + length > end:
-            raise HeaderError(f"element ({group:04X},{element:04X}) runs past the end of the data")
+            raise Truncated(f"element ({group:04X},{element:04X}) runs past the end of the data")
         if tag in wanted:
             values[tag] = (vr, bytes(buf[pos : pos + length]))
         pos += length
     return RawHeader(values)
 
 
+def _is_explicit(transfer_syntax_uid: str) -> bool:
+    if transfer_syntax_uid == IMPLICIT_VR_LITTLE_ENDIAN:
+        return False
+    if transfer_syntax_uid in _EXPLICIT_LE_FAMILY or (
+        # PS3.5 A.4: encapsulated syntaxes encode the data set Explicit VR Little
+        # Endian, except JPIP Referenced Deflate, whose data set is deflated.
+        transfer_syntax_uid.startswith("1.2.840.10008.1.2.4.") and transfer_syntax_uid != _JPIP_DEFLATE
+    ):
+        return True
+    raise HeaderError(f"transfer syntax {transfer_syntax_uid} is not handled here")
+
+
 _EXPLICIT_LE_FAMILY = frozenset(
     (
         EXPLICIT_VR_LITTLE_ENDIAN,
+        "1.2.840.10008.1.2.1.98",  # Encapsulated Uncompressed Explicit VR Little Endian
         "1.2.840.10008.1.2.5",  # RLE Lossless
+        "1.2.840.10008.1.2.8.1",  # Deflated Image Frame Compression (frames deflated, not the data set)
     )
 )
+_JPIP_DEFLATE = "1.2.840.10008.1.2.4.95"
 
 
 def _element_header(
@@ -154,10 +168,12 @@ def _skip_undefined(buf: memoryview, pos: int, explicit: bool, depth: int) -> in
         if tag != _ITEM:
             raise HeaderError(f"expected an item, found ({group:04X},{element:04X})")
         if length != _UNDEFINED:
+            if pos + length > end:
+                raise Truncated("item runs past the end of the data")
             pos += length
             continue
         pos = _skip_item(buf, pos, explicit, depth + 1)
-    raise HeaderError("sequence without its delimiter")
+    raise Truncated("sequence without its delimiter")
 
 
 def _skip_item(buf: memoryview, pos: int, explicit: bool, depth: int) -> int:
@@ -171,7 +187,38 @@ def _skip_item(buf: memoryview, pos: int, explicit: bool, depth: int) -> int:
             pos = _skip_undefined(buf, pos, explicit, depth)
         else:
             pos += length
-    raise HeaderError("item without its delimiter")
+    raise Truncated("item without its delimiter")
+
+
+def truncation(data: bytes | memoryview, offset: int, transfer_syntax_uid: str) -> str | None:
+    """Walk every top-level element to the end: a description if the data set is cut short.
+
+    None when it is whole, or when this reader cannot tell (a syntax or structure it
+    does not handle): only a certain truncation is reported.
+    """
+    try:
+        explicit = _is_explicit(transfer_syntax_uid)
+    except HeaderError:
+        return None
+    buf = memoryview(data)
+    end = len(buf)
+    pos = offset
+    try:
+        while pos < end:
+            if pos + 8 > end:
+                raise Truncated("the data set ends inside an element header")
+            _vr, length, pos = _element_header(buf, pos, explicit, None)
+            if length == _UNDEFINED:
+                pos = _skip_undefined(buf, pos, explicit, 0)
+            elif pos + length > end:
+                raise Truncated(f"an element of {length} bytes runs past the end of the data set")
+            else:
+                pos += length
+    except Truncated as exc:
+        return str(exc)
+    except (HeaderError, struct.error):
+        return None
+    return None
 
 
 def wanted_tags(tags: Collection[tuple[int, str]]) -> dict[int, bytes]:

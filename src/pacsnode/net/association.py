@@ -95,6 +95,7 @@ class AssociationProtocol(asyncio.Protocol):
         self._receiving: tuple[Command, NegotiatedContext, DataSetSink] | None = None
         self._receiving_response: tuple[Command, MemorySink] | None = None
         self._release_deferred = False
+        self._reading_paused = False
         self._response_queues: dict[int, asyncio.Queue[tuple[Command, bytes | None] | BaseException]] = {}
         self._writable = asyncio.Event()
         self._writable.set()
@@ -328,7 +329,13 @@ class AssociationProtocol(asyncio.Protocol):
 
     def _submit(self, request: DimseRequest) -> None:
         if self._inflight is not None or self._queue:
+            # The peer went past the asynchronous operations window (1, PS3.7 D.3.3.3):
+            # keep this request, but read nothing more until the queue is served, so
+            # that memory stays bounded whatever the peer sends.
             self._queue.append(request)
+            if self.transport is not None and not self._reading_paused:
+                self._reading_paused = True
+                self.transport.pause_reading()
         else:
             self._run(request)
 
@@ -368,6 +375,9 @@ class AssociationProtocol(asyncio.Protocol):
         self.cancelled.discard(request.command.message_id or 0)
         while self._queue and self._inflight is None:
             self._run(self._queue.popleft())
+        if self._reading_paused and not self._queue and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
         if self._release_deferred and self._inflight is None and not self._queue:
             self._release_deferred = False
             self._answer_release()

@@ -215,6 +215,28 @@ def _presentation_rows(
     return rows
 
 
+_COMPACT_FROM = 8  # SOP classes from which one transfer syntax table serves them all
+
+
+def _contexts(reg: ServiceRegistration, role: str, *, extended: bool) -> str:
+    """The presentation context table; compact (SOP classes, then syntaxes) for a large service."""
+    if len(reg.sop_classes) < _COMPACT_FROM:
+        return _table(_PC_HEADER, _presentation_rows(reg, role, extended=extended))
+    ext = "See SOP specific conformance" if extended and reg.extended_negotiation else "None"
+    sops = _table(
+        ("Abstract Syntax Name", "Abstract Syntax UID", "Role", "Extended Negotiation"),
+        [(_md(sop.name), sop.uid, role, ext) for sop in reg.sop_classes],
+    )
+    syntaxes = _table(
+        ("Transfer Syntax Name", "Transfer Syntax UID"),
+        [(_md(uid_name(ts)), ts) for ts in reg.transfer_syntaxes],
+    )
+    return (
+        f"{sops}\n\nEach of these {len(reg.sop_classes)} SOP classes is offered with every one of "
+        f"these {len(reg.transfer_syntaxes)} transfer syntaxes:\n\n{syntaxes}"
+    )
+
+
 _PC_HEADER = (
     "Abstract Syntax Name",
     "Abstract Syntax UID",
@@ -528,7 +550,7 @@ def _initiation_policy(doc: _Document, scu_regs: Sequence[ServiceRegistration], 
             "requested operations and releases the association."
         )
         doc.section(6, "Proposed Presentation Contexts")
-        doc.add(_table(_PC_HEADER, _presentation_rows(reg, "SCU", extended=False)))
+        doc.add(_contexts(reg, "SCU", extended=False))
         doc.section(6, "SOP Specific Conformance")
         if reg.scp:
             doc.add(
@@ -725,7 +747,7 @@ def _acceptance_activity(doc: _Document, reg: ServiceRegistration, settings: Set
     role = "SCP"
     if reg.requestor_may_be_scp:
         role = "SCP; SCU when the requestor takes the SCP role by SCP/SCU Role Selection"
-    doc.add(_table(_PC_HEADER, _presentation_rows(reg, role, extended=True)))
+    doc.add(_contexts(reg, role, extended=True))
     if reg.requestor_may_be_scp:
         doc.add(
             "SCP/SCU Role Selection (PS3.7 D.3.3.4): the requestor may propose the SCP role for "

@@ -6,9 +6,8 @@ import logging
 from functools import cache
 from typing import Any
 
-from pydicom.uid import AllTransferSyntaxes
-
 from pacsnode.archive.ingest import Archive, SpoolSink
+from pacsnode.data.uids import SUPPLEMENTARY_STORAGE_SOP_CLASSES, all_transfer_syntaxes
 from pacsnode.dimse.commands import Command, CommandField
 from pacsnode.dimse.messages import response_to
 from pacsnode.dimse.status import Status
@@ -36,14 +35,13 @@ def storage_sop_classes() -> tuple[SOPClass, ...]:
         for uid, (name, kind, *_rest) in UID_dictionary.items()
         if kind == "SOP Class" and "Storage" in name and not any(x in name for x in _NOT_STORAGE)
     ]
+    out += [SOPClass(uid, name) for uid, name in SUPPLEMENTARY_STORAGE_SOP_CLASSES.items()]
     return tuple(sorted(out, key=lambda s: s.name))
 
 
 def storage_transfer_syntaxes() -> tuple[str, ...]:
-    """Every transfer syntax pydicom knows: instances are stored as received, in their own syntax."""
-    uncompressed = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
-    rest = [str(ts) for ts in AllTransferSyntaxes if str(ts) not in uncompressed]
-    return tuple(uncompressed + rest)
+    """Every network transfer syntax: instances are stored as received, in their own syntax."""
+    return all_transfer_syntaxes()
 
 
 class StorageSCP:
@@ -101,7 +99,12 @@ class StorageSCP:
 
 def storage_service(archive: Archive | None, private_sop_classes: list[str]) -> ServiceRegistration:
     """The Storage SOP classes (standard and configured private ones), SCP; no handler without archive."""
-    private = tuple(SOPClass(uid, f"Private SOP Class {uid}") for uid in private_sop_classes)
+    known = {s.uid for s in storage_sop_classes()}
+    private = tuple(
+        SOPClass(uid, f"Private SOP Class {uid}")
+        for uid in dict.fromkeys(private_sop_classes)
+        if uid not in known
+    )
     return ServiceRegistration(
         name="Storage",
         standard="PS3.4 Annex B",
@@ -117,7 +120,11 @@ def storage_service(archive: Archive | None, private_sop_classes: list[str]) -> 
             "its index row are durable (fsync/syncfs, then the index commit). Level 2 (Full) storage "
             "conformance: no element is coerced or discarded. Resending an identical instance "
             "succeeds and keeps one copy; a different object under a stored SOP Instance UID "
-            "follows the configured duplicate policy (reject, keep-first or replace)."
+            "follows the configured duplicate policy (reject, keep-first or replace). A data set "
+            "of up to 1 MiB that ends inside an element is refused (C000H); larger ones are "
+            "streamed to disk and only their header is checked. Limitation: objects without "
+            "Study and Series Instance UID (non-patient objects such as Color Palette Storage) "
+            "are refused with A900H."
         ),
         status_codes=(
             (Status.SUCCESS, "The instance is stored durably (or an identical copy already was)."),
