@@ -115,7 +115,6 @@ def test_obsolete_file_from_an_earlier_hour_is_swept(make_storage_node, tmp_path
     written in the same transaction, makes start-up delete it, whatever hour folder it is in."""
     from pacsnode.archive.blobs import FileStore
     from pacsnode.archive.index import ArchiveIndex
-    from pacsnode.archive.index import ArchiveIndex
 
     data = tmp_path / "data"
     node = make_storage_node(data=data, duplicate_policy="replace")

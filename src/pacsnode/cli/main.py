@@ -1,4 +1,4 @@
-"""The `pacsnode` command: serve, echo, conformance (exit 0 success, 1 failure, 2 bad usage)."""
+"""The `pacsnode` command: serve, echo, store, import, conformance (exit 0 ok, 1 failure, 2 bad usage)."""
 
 from __future__ import annotations
 
@@ -171,6 +171,130 @@ def echo(
         verbose=verbose,
         console=err,
     )
+    raise typer.Exit(0 if ok else 1)
+
+
+PathsArg = Annotated[
+    list[Path],
+    typer.Argument(
+        help="Files and folders; folders are walked (recursively by default), "
+        "a DICOMDIR brings in the files it references.",
+        exists=True,
+        show_default=False,
+    ),
+]
+RecursiveOpt = Annotated[
+    bool,
+    typer.Option(
+        "--recursive/--no-recursive",
+        help="Walk folders recursively (default), or take only the files directly in them.",
+    ),
+]
+
+
+@app.command(
+    help="Send DICOM files and folders with C-STORE (PS3.4 Annex B), like DCMTK's storescu.\n\n"
+    "Folders are walked recursively (--no-recursive: top level only); any file name, with or "
+    "without preamble; a DICOMDIR brings in the files it references; non-DICOM files are skipped. "
+    "Each SOP class is proposed with the files' own transfer syntaxes (those files go untouched) "
+    "and with Explicit/Implicit VR Little Endian, to which a file is converted when the peer "
+    "refuses its own.\n\n"
+    "Prints a summary per result; exits 1 if any DICOM file failed, was refused or could not be sent."
+)
+def store(
+    host: Annotated[str, typer.Argument(help="Peer host name or address.")],
+    port: Annotated[int, typer.Argument(help="Peer TCP port.", min=1, max=65535)],
+    paths: PathsArg,
+    aet: Annotated[str, typer.Option("--aet", "-aet", help="Our (calling) AE title.")] = "PACSNODE",
+    aec: Annotated[str, typer.Option("--aec", "-aec", help="The peer's (called) AE title.")] = "ANY-SCP",
+    recursive: RecursiveOpt = True,
+    convert: Annotated[
+        bool,
+        typer.Option(
+            "--convert/--no-convert",
+            help="When the peer refuses a file's transfer syntax, decompress it to Explicit (or Implicit) "
+            "VR Little Endian (default), or count the file as failed.",
+        ),
+    ] = True,
+    timeout: Annotated[
+        float, typer.Option("--timeout", "-to", min=0.001, help="TCP connect timeout, seconds.")
+    ] = 30.0,
+    acse_timeout: Annotated[
+        float, typer.Option("--acse-timeout", "-ta", min=0.001, help="Association timeout, seconds.")
+    ] = 30.0,
+    dimse_timeout: Annotated[
+        float | None,
+        typer.Option("--dimse-timeout", "-td", min=0.001, help="Wait this long for each C-STORE-RSP."),
+    ] = None,
+    max_pdu: Annotated[
+        int, typer.Option("--max-pdu", "-pdu", min=4096, help="Maximum PDU length we receive.")
+    ] = 262_144,
+    report: Annotated[
+        Path | None,
+        typer.Option("--report", help="Write one tab-separated line per file (path, result, status, ...)."),
+    ] = None,
+    verbose: Annotated[
+        int, typer.Option("--verbose", "-v", count=True, help="List every file (-vv: debug log).")
+    ] = 0,
+) -> None:
+    from pacsnode.cli.store import StoreOptions, run_store
+
+    _setup_logging(max(verbose - 1, 0))
+    options = StoreOptions(
+        host,
+        port,
+        calling=aet,
+        called=aec,
+        connect_timeout=timeout,
+        acse_timeout=acse_timeout,
+        dimse_timeout=dimse_timeout,
+        max_pdu=max_pdu,
+        convert=convert,
+    )
+    try:
+        ok = run_store(paths, options, recursive=recursive, verbose=verbose, console=err, report=report)
+    except OSError as exc:
+        raise _fail(f"{exc.filename or ''}: {exc.strerror or exc}") from None
+    except KeyboardInterrupt:
+        err.print("interrupted", highlight=False)
+        raise typer.Exit(130) from None
+    raise typer.Exit(0 if ok else 1)
+
+
+@app.command(
+    "import",
+    help="Load local DICOM files and folders into the node's archive, through the same ingest "
+    "pipeline (checks, storage, index) as C-STORE.\n\n"
+    "Folders are walked recursively (--no-recursive: top level only); a DICOMDIR brings in the files "
+    "it references; non-DICOM files are skipped.\n\n"
+    "Prints a summary per result; exits 1 if any DICOM file was refused.",
+)
+def import_(
+    paths: PathsArg,
+    config: ConfigOpt = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Data folder (env PACSNODE_DATA; default ./pacsnode-data).")
+    ] = None,
+    recursive: RecursiveOpt = True,
+    report: Annotated[
+        Path | None,
+        typer.Option("--report", help="Write one tab-separated line per file (path, result, status, ...)."),
+    ] = None,
+    verbose: Annotated[
+        int, typer.Option("--verbose", "-v", count=True, help="List every file (-vv: debug log).")
+    ] = 0,
+) -> None:
+    from pacsnode.cli.importer import run_import
+
+    _setup_logging(max(verbose - 1, 0))
+    settings = _settings(config, data=data)
+    try:
+        ok = run_import(paths, settings, recursive=recursive, verbose=verbose, console=err, report=report)
+    except OSError as exc:
+        raise _fail(f"{exc.filename or settings.node.data}: {exc.strerror or exc}") from None
+    except KeyboardInterrupt:
+        err.print("interrupted", highlight=False)
+        raise typer.Exit(130) from None
     raise typer.Exit(0 if ok else 1)
 
 

@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from pacsnode import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from pacsnode.data.uids import UNCOMPRESSED_TRANSFER_SYNTAXES, VERIFICATION_SOP_CLASS
-from pacsnode.dimse.commands import Command
-from pacsnode.dimse.messages import c_echo_rq
+from pacsnode.dimse.commands import Command, Priority, encode_command
+from pacsnode.dimse.fragmentation import fragment, fragment_dataset_stream
+from pacsnode.dimse.messages import c_echo_rq, c_store_rq
 from pacsnode.dimse.status import StatusCategory, category
 from pacsnode.net.association import AssociationClosed, AssociationProtocol
 from pacsnode.services.base import ServiceHandler
@@ -29,6 +30,13 @@ from pacsnode.ul.pdu import AssociateRJ, AssociateRQ, UserIdentityRQ
 from pacsnode.ul.state import State
 
 log = logging.getLogger("pacsnode.net")
+
+# A data set longer than this is streamed: its PDUs are written this many bytes at a
+# time, waiting for the transport to drain in between (bounded memory for any size).
+_STREAM_CHUNK = 1 << 20
+
+# A data set to send: in memory, or as chunks read while sending (a file of any size).
+DataSetSource = bytes | bytearray | memoryview | Iterable[bytes]
 
 
 class AssociationError(Exception):
@@ -53,6 +61,10 @@ class AssociationAbortedError(AssociationError):
 
 class DimseTimeout(AssociationError):
     """No DIMSE response within the DIMSE timeout."""
+
+
+class NoAcceptedContext(LookupError):
+    """No accepted presentation context for this SOP class and transfer syntax (PS3.7 9.1.1.1)."""
 
 
 _REJECT_TEXT = {
@@ -84,6 +96,24 @@ class EchoResult:
     def ok(self) -> bool:
         """True for Success."""
         return category(self.status) is StatusCategory.SUCCESS
+
+
+@dataclass(frozen=True, slots=True)
+class StoreResponse:
+    """The outcome of one C-STORE (PS3.4 B.2.3): the status and the peer's Error Comment."""
+
+    status: int
+    error_comment: str = ""
+
+    @property
+    def category(self) -> StatusCategory:
+        """Success, Warning or Failure (PS3.7 Annex C)."""
+        return category(self.status)
+
+    @property
+    def ok(self) -> bool:
+        """True when the peer stored the instance: Success or Warning (PS3.4 B.2.3)."""
+        return self.category in (StatusCategory.SUCCESS, StatusCategory.WARNING)
 
 
 class RequestorProtocol(AssociationProtocol):
@@ -170,14 +200,14 @@ class Association:
         return next(self._ids) & 0xFFFF or next(self._ids)
 
     async def request(
-        self, context_id: int, command: Command, dataset: bytes | None = None
+        self, context_id: int, command: Command, dataset: DataSetSource | None = None
     ) -> AsyncIterator[tuple[Command, bytes | None]]:
         """Send a request and yield its responses until the final (non-Pending) one."""
         proto = self.protocol
         assert command.message_id is not None
         queue = proto.expect_responses(command.message_id)
         try:
-            proto.send_message(context_id, command, dataset)
+            await self._send(context_id, command, dataset)
             while True:
                 try:
                     item = await asyncio.wait_for(queue.get(), self.dimse_timeout)
@@ -192,6 +222,98 @@ class Association:
                     return
         finally:
             proto.forget_responses(command.message_id)
+
+    async def _send(self, context_id: int, command: Command, dataset: DataSetSource | None) -> None:
+        """Send one message; a big data set goes out in chunks, under transport flow control."""
+        proto = self.protocol
+        pdus: Iterator[bytes]
+        if dataset is None or isinstance(dataset, bytes | bytearray | memoryview):
+            if dataset is None or len(dataset) <= _STREAM_CHUNK:
+                small = bytes(dataset) if isinstance(dataset, bytearray | memoryview) else dataset
+                proto.send_message(context_id, command, small)
+                return
+            if not command.has_dataset:
+                raise ValueError("the command's Command Data Set Type says no data set follows")
+            # PS3.8 9.3.1 / D.1: no PDU longer than the maximum length the peer announced.
+            view = dataset if isinstance(dataset, memoryview) else memoryview(dataset)
+            pdus = fragment(context_id, encode_command(command), view, self.negotiated.peer_max_pdu_length)
+        else:
+            if not command.has_dataset:
+                raise ValueError("the command's Command Data Set Type says no data set follows")
+            peer_max = self.negotiated.peer_max_pdu_length
+            pdus = itertools.chain(
+                fragment(context_id, encode_command(command), None, peer_max),
+                fragment_dataset_stream(context_id, dataset, peer_max),
+            )
+        try:
+            batch: list[bytes] = []
+            size = 0
+            for pdu in pdus:
+                batch.append(pdu)
+                size += len(pdu)
+                if size >= _STREAM_CHUNK:
+                    await self._write(batch)
+                    batch, size = [], 0
+            if batch:
+                await self._write(batch)
+        finally:
+            # Close the generators: they release their view of `dataset` (an mmap cannot be
+            # closed while a view of it is held) and the chunk source.
+            close = getattr(pdus, "close", None)
+            if close is not None:
+                close()
+            close = getattr(dataset, "close", None)
+            if close is not None and not isinstance(dataset, bytes | bytearray | memoryview):
+                close()
+
+    async def _write(self, pdus: list[bytes]) -> None:
+        proto = self.protocol
+        if proto.ul.state not in (State.Sta6, State.Sta8):
+            raise AssociationAbortedError(f"association ended while sending ({proto.ul.state.name})")
+        proto.ul.send_pdata(b"".join(pdus))
+        proto.flush()
+        # Wait for the socket to drain below the transport's high-water mark (set again
+        # when the connection is lost, so an abort never leaves us waiting here); a peer
+        # that stops reading for the DIMSE timeout is given up on.
+        try:
+            await asyncio.wait_for(proto.writable(), self.dimse_timeout)
+        except TimeoutError:
+            raise DimseTimeout(f"the peer read nothing for {self.dimse_timeout} s") from None
+
+    async def store(
+        self,
+        dataset: DataSetSource,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax: str,
+        *,
+        move_originator: tuple[str, int] | None = None,
+        priority: int = Priority.MEDIUM,
+    ) -> StoreResponse:
+        """C-STORE (PS3.7 9.1.1) of a data set already encoded in `transfer_syntax`.
+
+        The data set is sent as given (no File Meta Information, PS3.10 7.1), on the
+        accepted context for (SOP class, transfer syntax); raises `NoAcceptedContext`
+        when there is none. `dataset` may be bytes, a memoryview (of an mmap, say) or an
+        iterable of chunks (read from a file while sending): past 1 MiB it is streamed
+        in PDUs of the peer's maximum length, waiting for the socket between chunks.
+        `move_originator` is (AE title, Message ID) of the C-MOVE this store is a
+        sub-operation of (PS3.7 9.3.1.1).
+        """
+        ctx = self.negotiated.context_for(sop_class_uid, transfer_syntax)
+        if ctx is None:
+            raise NoAcceptedContext(
+                f"no accepted presentation context for {sop_class_uid} in {transfer_syntax}"
+            )
+        originator, originator_id = move_originator if move_originator is not None else (None, None)
+        command = c_store_rq(
+            self.next_message_id(), sop_class_uid, sop_instance_uid, priority, originator, originator_id
+        )
+        status, comment = 0xFFFF, ""
+        async for rsp, _ in self.request(ctx.context_id, command, dataset):
+            status = rsp.status if rsp.status is not None else 0xFFFF
+            comment = rsp.error_comment or ""
+        return StoreResponse(status, comment)
 
     async def echo(self) -> EchoResult:
         """C-ECHO (PS3.7 9.1.5) on the Verification presentation context."""
@@ -320,8 +442,11 @@ __all__ = [
     "AssociationError",
     "AssociationRejectedError",
     "ConnectionFailed",
+    "DataSetSource",
     "DimseTimeout",
     "EchoResult",
+    "NoAcceptedContext",
+    "StoreResponse",
     "associate",
     "open_association",
 ]

@@ -1,0 +1,181 @@
+"""`pacsnode import`: local files into the archive through the one ingest pipeline (as C-STORE would)."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from pacsnode.archive.index import Outcome
+from pacsnode.archive.ingest import Archive, StoreResult
+from pacsnode.cli.files import ConversionError, DicomFile, convert, quiet_pydicom
+from pacsnode.cli.store import FileProgress, FileResult, Reporter, Summary, collect, result_of_status
+from pacsnode.config.settings import Settings
+from pacsnode.data.part10 import file_meta
+from pacsnode.data.uids import EXPLICIT_VR_LITTLE_ENDIAN
+from pacsnode.net.loop import run_loop
+
+_BATCH_BYTES = 256 << 20  # a progress step at least every this many bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    item: DicomFile
+    source: Path  # the file itself, or a Part 10 copy we wrote for it
+
+
+def _wrap(item: DicomFile, folder: Path, number: int) -> Path:
+    """A Part 10 file for a data set without (usable) File Meta Information (PS3.10 7.1).
+
+    The archive reads the meta for the transfer syntax and UIDs; a bare data set, a
+    file starting with "DICM" and one whose meta lacks them get new meta in front of
+    their untouched data set bytes (or of a converted data set, when the meta's
+    transfer syntax did not describe the bytes).
+    """
+    target = folder / f"{number}.dcm"
+    ts = item.transfer_syntax
+    if item.must_convert:
+        dataset = convert(item, EXPLICIT_VR_LITTLE_ENDIAN)
+        ts = EXPLICIT_VR_LITTLE_ENDIAN
+    else:
+        with item.path.open("rb") as fh:
+            fh.seek(item.offset)
+            dataset = fh.read()
+    with target.open("wb") as out:
+        out.write(file_meta(item.sop_class_uid, item.sop_instance_uid, ts))
+        out.write(dataset)
+    return target
+
+
+def _label(result: StoreResult) -> tuple[str, bool]:
+    label, failed = result_of_status(result.status)
+    if not failed and result.outcome in (Outcome.IDENTICAL_DUPLICATE, Outcome.KEPT_FIRST):
+        label = "Success (already in the archive)"
+    elif not failed and result.outcome is Outcome.REPLACED:
+        label = "Success (replaced the stored instance)"
+    return label, failed
+
+
+def _align(sources: Sequence[Path], results: Sequence[StoreResult]) -> list[StoreResult]:
+    """Results in the order of `sources`.
+
+    ``Archive.import_files`` returns a file it could not even spool first (its comment
+    starts with the path), then the committed batch in order; called with at most one
+    batch, that is enough to put each result back with its file.
+    """
+    early: dict[Path, StoreResult] = {}
+    rest = list(results)
+    while rest:
+        owner = next((p for p in sources if p not in early and rest[0].comment.startswith(f"{p}: ")), None)
+        if owner is None:
+            break
+        early[owner] = rest.pop(0)
+    committed = iter(rest)
+    return [early[p] if p in early else next(committed, StoreResult(0x0110, "no result")) for p in sources]
+
+
+def run_import(
+    paths: Sequence[Path],
+    settings: Settings,
+    *,
+    recursive: bool,
+    verbose: int,
+    console: Console,
+    report: Path | None = None,
+) -> bool:
+    """`pacsnode import`: True when every DICOM file found is in the archive."""
+    with quiet_pydicom():
+        return _run_import(
+            paths, settings, recursive=recursive, verbose=verbose, console=console, report=report
+        )
+
+
+def _run_import(
+    paths: Sequence[Path],
+    settings: Settings,
+    *,
+    recursive: bool,
+    verbose: int,
+    console: Console,
+    report: Path | None,
+) -> bool:
+    started = time.perf_counter()
+    files, others = collect(paths, recursive, console, "Not imported")
+    summary = Summary()
+    reporter = Reporter(console, verbose, summary)
+    for result in others:
+        reporter(result)
+    settings.node.data.mkdir(parents=True, exist_ok=True)
+    archive = Archive(settings)
+    archive.open()
+    batch_size = settings.storage.max_batch
+    try:
+        with (
+            tempfile.TemporaryDirectory(prefix="pacsnode-import-") as scratch,
+            FileProgress(console, "import", len(files), sum(f.size for f in files)) as progress,
+        ):
+            start = 0
+            while start < len(files):
+                # One commit group of the archive per call (its durability step is per group).
+                end, size = start, 0
+                while end < len(files) and end - start < batch_size and (size < _BATCH_BYTES or end == start):
+                    size += files[end].size
+                    end += 1
+                jobs: list[_Job] = []
+                for n, item in enumerate(files[start:end]):
+                    if item.meta_complete:
+                        jobs.append(_Job(item, item.path))
+                        continue
+                    try:
+                        jobs.append(_Job(item, _wrap(item, Path(scratch), start + n)))
+                    except (ConversionError, OSError) as exc:
+                        reporter(
+                            FileResult(item.path, "Not imported: cannot rewrite its meta", True, str(exc))
+                        )
+                        progress.file_done(item.size)
+                sources = [job.source for job in jobs]
+                for job, res in zip(jobs, _align(sources, archive.import_files(sources)), strict=True):
+                    label, failed = _label(res)
+                    reporter(
+                        FileResult(
+                            job.item.path,
+                            label,
+                            failed,
+                            res.comment.removeprefix(f"{job.source}: "),
+                            status=res.status,
+                            sop_instance_uid=job.item.sop_instance_uid,
+                            transfer_syntax=job.item.transfer_syntax
+                            if not job.item.must_convert
+                            else EXPLICIT_VR_LITTLE_ENDIAN,
+                            converted=job.item.must_convert,
+                            size=job.item.size,
+                        )
+                    )
+                    progress.file_done(job.item.size)
+                    if job.source != job.item.path:
+                        job.source.unlink(missing_ok=True)
+                start = end
+    finally:
+        run_loop(archive.close())
+    reporter.finish()
+    elapsed = time.perf_counter() - started
+    stored = [r for r in summary.results if r.status is not None and not r.failed]
+    console.print(summary.table(f"pacsnode import into {settings.node.data}"))
+    console.print(
+        f"{len(stored)} of {len(files) + sum(r.failed for r in others)} DICOM files in the archive "
+        f"({sum(r.size for r in stored) / 1e6:.1f} MB) after {elapsed:.2f} s; {summary.failed} failed",
+        highlight=False,
+    )
+    if report is not None:
+        summary.write_report(report)
+    if not files:
+        console.print("[bold red]error:[/] no DICOM files to import", highlight=False)
+        return False
+    return summary.failed == 0
+
+
+__all__ = ["run_import"]
