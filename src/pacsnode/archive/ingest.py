@@ -404,25 +404,30 @@ class Archive:
     # ------------------------------------------------------------ local import
 
     def import_files(self, paths: Iterable[Path], source_ae_title: str = "") -> list[StoreResult]:
-        """Ingest local Part 10 files through the same checks, placement and index (blocking)."""
-        results: list[StoreResult] = []
-        batch: list[_Pending] = []
+        """Ingest local Part 10 files through the same checks, placement and index (blocking).
+
+        One result per path, in the order of ``paths``.
+        """
+        results: list[StoreResult | None] = []
+        batch: list[tuple[int, _Pending]] = []
         for path in paths:
+            results.append(None)
             sink_or_result = self._spool_file(path, source_ae_title)
             if isinstance(sink_or_result, StoreResult):
-                results.append(sink_or_result)
+                results[-1] = sink_or_result
                 continue
-            batch.append(_Pending(sink_or_result))
+            batch.append((len(results) - 1, _Pending(sink_or_result)))
             if len(batch) >= self.max_batch:
-                results.extend(self._commit_now(batch))
+                self._commit_into(batch, results)
                 batch = []
         if batch:
-            results.extend(self._commit_now(batch))
-        return results
+            self._commit_into(batch, results)
+        return [r or StoreResult(Status.PROCESSING_FAILURE) for r in results]
 
-    def _commit_now(self, batch: list[_Pending]) -> list[StoreResult]:
-        self._commit(batch)
-        return [item.result or StoreResult(Status.PROCESSING_FAILURE) for item in batch]
+    def _commit_into(self, batch: list[tuple[int, _Pending]], results: list[StoreResult | None]) -> None:
+        self._commit([item for _, item in batch])
+        for position, item in batch:
+            results[position] = item.result or StoreResult(Status.PROCESSING_FAILURE)
 
     def _spool_file(self, path: Path, source_ae_title: str) -> SpoolSink | StoreResult:
         try:

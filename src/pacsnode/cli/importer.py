@@ -60,24 +60,6 @@ def _label(result: StoreResult) -> tuple[str, bool]:
     return label, failed
 
 
-def _align(sources: Sequence[Path], results: Sequence[StoreResult]) -> list[StoreResult]:
-    """Results in the order of `sources`.
-
-    ``Archive.import_files`` returns a file it could not even spool first (its comment
-    starts with the path), then the committed batch in order; called with at most one
-    batch, that is enough to put each result back with its file.
-    """
-    early: dict[Path, StoreResult] = {}
-    rest = list(results)
-    while rest:
-        owner = next((p for p in sources if p not in early and rest[0].comment.startswith(f"{p}: ")), None)
-        if owner is None:
-            break
-        early[owner] = rest.pop(0)
-    committed = iter(rest)
-    return [early[p] if p in early else next(committed, StoreResult(0x0110, "no result")) for p in sources]
-
-
 def run_import(
     paths: Sequence[Path],
     settings: Settings,
@@ -138,7 +120,7 @@ def _run_import(
                         )
                         progress.file_done(item.size)
                 sources = [job.source for job in jobs]
-                for job, res in zip(jobs, _align(sources, archive.import_files(sources)), strict=True):
+                for job, res in zip(jobs, archive.import_files(sources), strict=True):
                     label, failed = _label(res)
                     reporter(
                         FileResult(
