@@ -7,7 +7,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from pacsnode.net.client import Association, EchoResult, open_association
+from pacsnode.net.client import Association, EchoResult, StoreResponse, open_association
 
 T = TypeVar("T")
 
@@ -25,6 +25,14 @@ class BlockingAssociation:
     def echo(self) -> EchoResult:
         """C-ECHO; returns its status."""
         return self._run(self.association.echo)
+
+    def store(
+        self, dataset: bytes, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str
+    ) -> StoreResponse:
+        """C-STORE of a data set already encoded in ``transfer_syntax``."""
+        return self._run(
+            lambda: self.association.store(dataset, sop_class_uid, sop_instance_uid, transfer_syntax)
+        )
 
     def release(self) -> None:
         """A-RELEASE."""
