@@ -32,6 +32,7 @@ class FileStore:
         self.sync_mode = sync if _syncfs is not None else "fsync"
         self.spool_dir.mkdir(parents=True, exist_ok=True)
         self.objects_dir.mkdir(parents=True, exist_ok=True)
+        self._dirs: set[Path] = set()
 
     def spool_path(self) -> Path:
         """A fresh spool file name (the file is created by ``open_spool``)."""
@@ -49,23 +50,48 @@ class FileStore:
         """The file behind a relative path of the index."""
         return self.root / relative
 
-    def place(self, moves: Iterable[tuple[Path, str]]) -> None:
+    def write_object(self, relative: str, data: bytes) -> None:
+        """Create a new object file with these bytes (not yet durable: ``place`` makes it so)."""
+        target = self.root / relative
+        self._ensure_dir(target.parent)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+
+    def _ensure_dir(self, directory: Path) -> None:
+        if directory not in self._dirs:
+            directory.mkdir(parents=True, exist_ok=True)
+            if len(self._dirs) > 1024:
+                self._dirs.clear()
+            self._dirs.add(directory)
+
+    def place(self, moves: Iterable[tuple[Path, str]], written: Iterable[str] = ()) -> None:
         """Move spool files to their object paths, then make data and names durable.
 
+        ``written`` are object files already created in place (``write_object``).
         DESIGN.md durability contract: after this returns, the bytes and the names
         survive a crash; the caller commits the index rows only then.
         """
         moves = list(moves)
+        written = list(written)
         dirs: set[Path] = set()
         for spool, relative in moves:
             target = self.root / relative
-            if target.parent not in dirs:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                dirs.add(target.parent)
+            self._ensure_dir(target.parent)
+            dirs.add(target.parent)
             if self.sync_mode == "fsync":
                 _fsync_path(spool)
             os.replace(spool, target)
-        if not moves:
+        for relative in written:
+            target = self.root / relative
+            dirs.add(target.parent)
+            if self.sync_mode == "fsync":
+                _fsync_path(target)
+        if not moves and not written:
             return
         if self.sync_mode == "syncfs":
             # One sync of the file system covers every file and directory of the

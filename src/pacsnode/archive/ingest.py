@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from io import BytesIO
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -72,7 +72,10 @@ class SpoolSink:
         self.sop_instance_uid = sop_instance_uid
         self.transfer_syntax_uid = transfer_syntax_uid
         self.source_ae_title = source_ae_title
-        self.sha256 = hashlib.sha256()
+        # Hashed as it streams once spilled; in memory, by the committer (hashlib
+        # releases the GIL on large buffers, so that work leaves the event loop).
+        self._digest: Any = None
+        self.placed = False
         self.size = 0
         self.error: OSError | None = None
         self._memory_limit = memory_limit
@@ -96,7 +99,6 @@ class SpoolSink:
 
     def write(self, fragment: bytes) -> None:
         """Append one P-DATA fragment of the data set."""
-        self.sha256.update(fragment)
         self.size += len(fragment)
         parts = self._parts
         if parts is not None:
@@ -104,11 +106,22 @@ class SpoolSink:
             self._buffered += len(fragment)
             if self._buffered > self._memory_limit:
                 self._spill()
-        elif self._fp is not None:
-            self._write(fragment)
+        else:
+            self._digest.update(fragment)
+            if self._fp is not None:
+                self._write(fragment)
+
+    def sha256(self) -> str:
+        """SHA-256 of the data set bytes as received (the File Meta Information excluded)."""
+        if self._digest is None:
+            return hashlib.sha256(memoryview(self.content())[self.meta_length :]).hexdigest()
+        return str(self._digest.hexdigest())
 
     def _spill(self) -> None:
         parts, self._parts = self._parts, None
+        self._digest = hashlib.sha256()
+        for part in (parts or [])[1:]:  # parts[0] is our File Meta Information
+            self._digest.update(part)
         try:
             self._fp = self._store.open_spool(self.path)
         except OSError as exc:
@@ -140,17 +153,20 @@ class SpoolSink:
         """The data set is complete; it waits (in memory or in the spool) for the committer."""
         self._close()
 
-    def write_out(self) -> None:
-        """Write an in-memory data set to its spool file (committer thread)."""
+    def write_out(self, relative: str) -> None:
+        """Write an in-memory data set straight to its object path (committer thread).
+
+        No spool file and no rename: until its index row commits, the file is an
+        orphan that start-up recovery indexes (if whole) or removes.
+        """
         if self._parts is None:
             return
-        data = self.content()
         try:
-            with self._store.open_spool(self.path) as fp:
-                fp.write(data)
+            self._store.write_object(relative, self.content())
+            self.placed = True
         except OSError as exc:
             self.error = exc
-            self._store.remove(self.path)
+            self._store.remove(self._store.absolute(relative))
 
     def discard(self) -> None:
         """Nothing of this data set is kept."""
@@ -317,7 +333,11 @@ class Archive:
         # The file sync runs in a second thread while this one writes the index
         # rows; the transaction commits only once the sync has returned, so a row
         # is never durable before its file (DESIGN.md durability contract).
-        placing = self._syncer.submit(self.store.place, [(item.sink.path, item.relative) for item in ready])
+        placing = self._syncer.submit(
+            self.store.place,
+            [(item.sink.path, item.relative) for item in ready if not item.sink.placed],
+            [item.relative for item in ready if item.sink.placed],
+        )
         try:
             outcomes = self.index.store(records, self.policy, before_commit=placing.result)
         except Exception as exc:
@@ -390,13 +410,13 @@ class Archive:
                 transfer_syntax_uid=sink.transfer_syntax_uid,
                 path=item.relative,
                 size=size,
-                sha256=sink.sha256.hexdigest(),
+                sha256=sink.sha256(),
                 source_ae_title=sink.source_ae_title,
                 received_at=now,
             )
         except InvalidInstance as exc:
             return StoreResult(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, str(exc)[:64], uid)
-        sink.write_out()
+        sink.write_out(item.relative)
         if sink.error is not None:
             return StoreResult(Status.OUT_OF_RESOURCES, f"cannot write: {sink.error.strerror}"[:64], uid)
         return None
@@ -469,7 +489,11 @@ def _record_of_file(path: Path, relative: str) -> InstanceRecord:
         layout = read_layout(fp)
         while chunk := fp.read(1 << 20):
             digest.update(chunk)
-    ds = dcmread(path)  # whole: a file cut short by a crash must not come back
+    with path.open("rb") as fp:
+        cut = truncation(fp.read(), layout.dataset_offset, layout.transfer_syntax_uid)
+    if cut is not None:  # a file cut short by a crash must not come back
+        raise InvalidInstance(f"truncated: {cut}")
+    ds = dcmread(path)
     stat = path.stat()
     return instance_record(
         ds,
