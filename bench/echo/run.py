@@ -3,30 +3,33 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import re
 import shutil
-import signal
-import socket
-import statistics
-import struct
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any, TextIO
 
-ROOT = Path(__file__).resolve().parents[2]
-# The project's venv (pacsnode and pynetdicom installed), else the running interpreter's.
-VENV_BIN = ROOT / ".venv" / "bin" if (ROOT / ".venv" / "bin").is_dir() else Path(sys.executable).parent
-LOOPBACK = "127.0.0.1"
+if __package__ in (None, ""):  # run as a script: make the `bench` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from bench.common import (
+    LOOPBACK,
+    ProtocolFailure,
+    RawAssociation,
+    Server,
+    Stat,
+)
+from bench.common import client_env as _client_env
+from bench.common import columns as _columns
+from bench.common import terminate_as_exit as _terminate_as_exit
+from bench.common import timed as _timed
+
 SERVERS = ("pacsnode", "storescp", "orthanc", "pynetdicom")
 # The servers the issue sets targets against: (name, metric) -> minimum pacsnode/name ratio.
 TARGETS: dict[tuple[str, str], float] = {
@@ -42,290 +45,6 @@ METRICS: dict[str, str] = {
     "assoc_raw": "associations/s, Python raw-socket client: M x (associate, 1 echo, release) in one process",
     "assoc_dcmtk": "associations/s, P echoscu processes in sequence (includes process start of echoscu)",
 }
-STARTUP_TIMEOUT = 60.0
-STOP_TIMEOUT = 5.0
-IO_TIMEOUT = 10.0
-
-# --------------------------------------------------------------------------- raw PS3.8 client
-
-VERIFICATION = "1.2.840.10008.1.1"
-IMPLICIT_VR_LE = "1.2.840.10008.1.2"
-APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
-IMPLEMENTATION_UID = f"2.25.{uuid.uuid5(uuid.NAMESPACE_URL, 'pacsnode/bench/echo').int}"
-RELEASE_RQ = struct.pack(">BBIxxxx", 0x05, 0, 4)  # PS3.8 9.3.6
-ABORT = struct.pack(">BBIxxBB", 0x07, 0, 4, 0, 0)  # PS3.8 9.3.8
-
-
-def _item(item_type: int, payload: bytes) -> bytes:
-    return struct.pack(">BBH", item_type, 0, len(payload)) + payload
-
-
-def associate_rq(called: str, calling: str) -> bytes:
-    """A-ASSOCIATE-RQ (PS3.8 9.3.2) proposing Verification with Implicit VR Little Endian."""
-    context = _item(
-        0x20,
-        bytes([1, 0, 0, 0]) + _item(0x30, VERIFICATION.encode()) + _item(0x40, IMPLICIT_VR_LE.encode()),
-    )
-    user = _item(
-        0x50,
-        _item(0x51, struct.pack(">I", 16384))
-        + _item(0x52, IMPLEMENTATION_UID.encode())
-        + _item(0x55, b"PACSNODE_BENCH"),
-    )
-    body = (
-        struct.pack(">HH", 1, 0)
-        + called.encode().ljust(16)
-        + calling.encode().ljust(16)
-        + bytes(32)
-        + _item(0x10, APPLICATION_CONTEXT.encode())
-        + context
-        + user
-    )
-    return struct.pack(">BBI", 0x01, 0, len(body)) + body
-
-
-def c_echo_rq(message_id: int) -> bytes:
-    """One P-DATA-TF holding a whole C-ECHO-RQ command set (PS3.7 9.3.5.1, Implicit VR LE)."""
-    uid = VERIFICATION.encode()
-    if len(uid) % 2:
-        uid += b"\0"
-    elements = (
-        struct.pack("<HHI", 0x0000, 0x0002, len(uid))
-        + uid
-        + struct.pack("<HHIH", 0x0000, 0x0100, 2, 0x0030)
-        + struct.pack("<HHIH", 0x0000, 0x0110, 2, message_id & 0xFFFF)
-        + struct.pack("<HHIH", 0x0000, 0x0800, 2, 0x0101)
-    )
-    command = struct.pack("<HHII", 0x0000, 0x0000, 4, len(elements)) + elements
-    pdv = struct.pack(">IBB", len(command) + 2, 1, 0x03) + command
-    return struct.pack(">BBI", 0x04, 0, len(pdv)) + pdv
-
-
-class ProtocolFailure(Exception):
-    """The peer answered something other than what a successful echo needs."""
-
-
-def _command_status(command: bytes) -> int:
-    offset = 0
-    while offset + 8 <= len(command):
-        group, element, length = struct.unpack_from("<HHI", command, offset)
-        offset += 8
-        if (group, element) == (0x0000, 0x0900):
-            return int(struct.unpack_from("<H", command, offset)[0])
-        offset += length
-    raise ProtocolFailure("C-ECHO-RSP without a Status")
-
-
-class RawAssociation:
-    """A minimal blocking requestor: whole PDUs in one send each, exact reads, nothing else."""
-
-    def __init__(self, port: int, called: str, *, nodelay: bool) -> None:
-        self.sock = socket.create_connection((LOOPBACK, port), timeout=IO_TIMEOUT)
-        if nodelay:
-            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.message_id = 0
-        self.sock.sendall(associate_rq(called, "BENCH"))
-        pdu_type, _ = self._read_pdu()
-        if pdu_type != 0x02:
-            self.sock.close()
-            raise ProtocolFailure(f"association not accepted (PDU type 0x{pdu_type:02X})")
-
-    def _read_exact(self, n: int) -> bytes:
-        buf = bytearray(n)
-        view = memoryview(buf)
-        got = 0
-        while got < n:
-            k = self.sock.recv_into(view[got:])
-            if not k:
-                raise ProtocolFailure("connection closed by the peer")
-            got += k
-        return bytes(buf)
-
-    def _read_pdu(self) -> tuple[int, bytes]:
-        pdu_type, _, length = struct.unpack(">BBI", self._read_exact(6))
-        return pdu_type, self._read_exact(length)
-
-    def echo(self) -> None:
-        """Send one C-ECHO-RQ and check that the C-ECHO-RSP says Success."""
-        self.message_id += 1
-        self.sock.sendall(c_echo_rq(self.message_id))
-        command = b""
-        while True:
-            pdu_type, body = self._read_pdu()
-            if pdu_type != 0x04:
-                raise ProtocolFailure(f"expected P-DATA-TF, got PDU type 0x{pdu_type:02X}")
-            offset = 0
-            while offset < len(body):
-                (length,) = struct.unpack_from(">I", body, offset)
-                header = body[offset + 5]
-                command += body[offset + 6 : offset + 4 + length]
-                offset += 4 + length
-                if header & 0x03 == 0x03:  # command fragment, last (PS3.8 E.2)
-                    status = _command_status(command)
-                    if status != 0:
-                        raise ProtocolFailure(f"C-ECHO status 0x{status:04X}")
-                    return
-
-    def release(self) -> None:
-        """A-RELEASE-RQ, wait for A-RELEASE-RP, close."""
-        try:
-            self.sock.sendall(RELEASE_RQ)
-            pdu_type, _ = self._read_pdu()
-            if pdu_type != 0x06:
-                raise ProtocolFailure(f"expected A-RELEASE-RP, got PDU type 0x{pdu_type:02X}")
-        finally:
-            self.sock.close()
-
-    def abort(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.sendall(ABORT)
-        self.sock.close()
-
-
-# --------------------------------------------------------------------------- servers
-
-
-def free_port() -> int:
-    """A TCP port free on every interface now (storescp and Orthanc bind all of them)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Server:
-    """One SCP process under test, in its own process group and scratch folder."""
-
-    name: str
-    aet: str
-    workdir: Path
-    proc: subprocess.Popen[bytes] | None = None
-    port: int = 0
-    log: Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.log = self.workdir / "server.log"
-
-    def start(self, server_env: dict[str, str], cpu: int | None = None) -> None:
-        """Start the SCP (on one CPU if given) and return once it has answered one C-ECHO (bounded)."""
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        env = dict(server_env)
-        argv: list[str]
-        if self.name == "pacsnode":
-            # Port 0: the node binds a free port and logs it, so there is no race.
-            env["COLUMNS"] = "400"  # keep Rich's log line on one line
-            argv = [str(VENV_BIN / "pacsnode"), "serve", "--dicom-port", "0", "--aet", self.aet]
-            argv += [
-                "--host",
-                LOOPBACK,
-                "--data",
-                str(self.workdir / "data"),
-                "--http-port",
-                str(free_port()),
-            ]
-        elif self.name == "storescp":
-            self.port = free_port()
-            argv = ["storescp", "-aet", self.aet, "-od", str(self.workdir), str(self.port)]
-        elif self.name == "orthanc":
-            self.port = free_port()
-            config = {
-                "Name": "bench",
-                "StorageDirectory": str(self.workdir / "db"),
-                "IndexDirectory": str(self.workdir / "db"),
-                "Plugins": [],
-                "DicomAet": self.aet,
-                "DicomPort": self.port,
-                "HttpPort": free_port(),
-                "RemoteAccessAllowed": False,
-                "AuthenticationEnabled": False,
-                "DicomCheckCalledAet": False,
-            }
-            path = self.workdir / "orthanc.json"
-            path.write_text(json.dumps(config, indent=2))
-            argv = ["/usr/sbin/Orthanc", str(path)]
-        elif self.name == "pynetdicom":
-            self.port = free_port()
-            argv = [str(VENV_BIN / "python"), "-m", "pynetdicom", "echoscp", "-q", "-aet", self.aet]
-            argv += ["-ba", LOOPBACK, str(self.port)]
-        else:
-            raise ValueError(self.name)
-        with self.log.open("wb") as logf:
-            if cpu is not None:  # taskset, so that every thread the server starts inherits the mask
-                argv = ["taskset", "-c", str(cpu), *argv]
-            self.proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=self.workdir,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        if self.name == "pacsnode":
-            self.port = self._port_from_log(deadline)
-        self._wait_ready(deadline)
-
-    def _check_alive(self) -> None:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            tail = self.log.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{tail}")
-
-    def _port_from_log(self, deadline: float) -> int:
-        pattern = re.compile(r"listening for DICOM on [^\s:]+:(\d+)")
-        while time.monotonic() < deadline:
-            found = pattern.search(self.log.read_text(errors="replace"))
-            if found:
-                return int(found.group(1))
-            self._check_alive()
-            time.sleep(0.05)
-        raise TimeoutError(f"{self.name} did not log 'listening' within {STARTUP_TIMEOUT:.0f} s")
-
-    def _wait_ready(self, deadline: float) -> None:
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            self._check_alive()
-            try:
-                assoc = RawAssociation(self.port, self.aet, nodelay=True)
-                assoc.echo()
-                assoc.release()
-                return
-            except (OSError, ProtocolFailure) as exc:
-                last = exc
-                time.sleep(0.05)
-        raise TimeoutError(f"{self.name} did not answer C-ECHO on port {self.port}: {last}")
-
-    def terminate(self) -> None:
-        """SIGTERM the process group (Orthanc takes seconds to stop: signal all servers, then reap)."""
-        if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-
-    def stop(self) -> None:
-        """SIGTERM the process group, wait, SIGKILL it if it lingers or left anything behind."""
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            try:
-                proc.wait(STOP_TIMEOUT)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
-# --------------------------------------------------------------------------- clients
-
-
-def _timed(fn: Callable[[], None]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def _echoscu(port: int, aec: str, repeat: int, env: dict[str, str]) -> None:
@@ -401,36 +120,7 @@ class Sizes:
     processes: int
 
 
-@dataclass
-class Stat:
-    """Repeated measurements of one rate."""
-
-    values: list[float] = field(default_factory=list)
-
-    @property
-    def best(self) -> float:
-        return max(self.values)
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.values)
-
-    @property
-    def spread(self) -> float:
-        """(best - worst) / median: above ~0.15 the machine was probably busy."""
-        return (max(self.values) - min(self.values)) / self.median
-
-
 Table = dict[str, dict[str, Stat]]  # server -> metric -> Stat
-
-
-def _client_env(nodelay: bool) -> dict[str, str]:
-    env = dict(os.environ)
-    if nodelay:
-        env["TCP_NODELAY"] = "1"
-    else:
-        env.pop("TCP_NODELAY", None)
-    return env
 
 
 def measure(server: Server, sizes: Sizes, nodelay: bool, metric: str) -> float:
@@ -509,16 +199,6 @@ def render(
     return "\n".join(out)
 
 
-def _columns(rows: Sequence[Sequence[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = [
-        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
-        for r in rows
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return lines
-
-
 def _as_json(table: Table) -> dict[str, Any]:
     return {
         name: {
@@ -526,21 +206,6 @@ def _as_json(table: Table) -> dict[str, Any]:
         }
         for name, row in table.items()
     }
-
-
-@contextlib.contextmanager
-def _terminate_as_exit() -> Iterator[None]:
-    """Turn SIGTERM/SIGHUP into SystemExit so the finally blocks stop the servers."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise SystemExit(128 + signum)
-
-    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, h in old.items():
-            signal.signal(sig, h)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

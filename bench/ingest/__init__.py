@@ -1,0 +1,1 @@
+"""C-STORE ingest benchmark: pacsnode (SQLite, PostgreSQL) vs DCMTK storescp and Orthanc (PS3.4 Annex B)."""
