@@ -402,3 +402,15 @@ def test_release_rp_echoes_only_what_the_standard_defines():
     acc.receive_data(encode(ReleaseRQ()))
     acc.release_response()
     assert acc.data_to_send() == encode(ReleaseRP()) == bytes.fromhex("06 00 00000004 00000000")
+
+
+def test_artim_generation_counts_every_start_and_restart() -> None:
+    # PS3.8 9.1.5 / AA-1: ARTIM is started (AE-5) and restarted (AA-1 after a bad first PDU);
+    # each start is a new generation, so the shell arms a fresh deadline.
+    from pacsnode.ul.connection import Role, UpperLayer
+
+    ul = UpperLayer(Role.ACCEPTOR, max_pdata_length=16384)
+    ul.transport_connected()
+    assert ul.artim_running and ul.artim_generation == 1
+    ul.receive_data(b"\x09\x00\x00\x00\x00\x00")  # unknown PDU type in Sta2: AA-1
+    assert ul.artim_running and ul.artim_generation == 2

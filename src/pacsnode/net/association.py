@@ -90,6 +90,7 @@ class AssociationProtocol(asyncio.Protocol):
         self._peer_max = 0
         self._sock: socket.socket | None = None
         self._artim: asyncio.TimerHandle | None = None
+        self._artim_generation = 0
         self._inflight: asyncio.Task[None] | None = None
         self._queue: deque[DimseRequest] = deque()
         self._receiving: tuple[Command, NegotiatedContext, DataSetSink] | None = None
@@ -165,7 +166,10 @@ class AssociationProtocol(asyncio.Protocol):
         if out:
             transport.write(out)
         if self.ul.artim_running:
-            if self._artim is None:
+            if self._artim is None or self._artim_generation != self.ul.artim_generation:
+                if self._artim is not None:
+                    self._artim.cancel()
+                self._artim_generation = self.ul.artim_generation
                 self._artim = self.loop.call_later(self.artim_timeout, self._on_artim)
         elif self._artim is not None:
             self._artim.cancel()

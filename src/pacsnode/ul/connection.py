@@ -112,6 +112,7 @@ class UpperLayer:
         self.state = State.Sta1
         self.reader = _pdu.PDUReader(max_pdata_length, max_other_length)
         self.artim_running = False
+        self.artim_generation = 0
         self.close_requested = False
         # True once we sent an A-ABORT; the shell may close without waiting out ARTIM.
         self.sent_abort = False
@@ -243,6 +244,12 @@ class UpperLayer:
         # PS3.8 Table 9-26: a well-formed PDU that this state does not allow.
         return _pdu.Abort(AbortSource.SERVICE_PROVIDER, AbortReason.UNEXPECTED_PDU)
 
+    def _start_artim(self) -> None:
+        # PS3.8 9.1.5: start, or restart if already running (AA-1): a new generation
+        # tells the shell to arm a fresh deadline.
+        self.artim_running = True
+        self.artim_generation += 1
+
     def _send(self, pdu: _pdu.PDU) -> None:
         if isinstance(pdu, _pdu.Abort):
             self.sent_abort = True
@@ -265,7 +272,7 @@ class UpperLayer:
         self.close_requested = True
 
     def _ae5(self, _: object) -> None:
-        self.artim_running = True
+        self._start_artim()
 
     def _ae6(self, pdu: object) -> None:
         assert isinstance(pdu, _pdu.AssociateRQ)
@@ -282,7 +289,7 @@ class UpperLayer:
     def _ae8(self, pdu: object) -> None:
         assert isinstance(pdu, _pdu.AssociateRJ)
         self._send(pdu)
-        self.artim_running = True
+        self._start_artim()
 
     def _dt1(self, encoded: object) -> None:
         assert isinstance(encoded, bytes)
@@ -304,7 +311,7 @@ class UpperLayer:
 
     def _ar4(self, _: object) -> None:
         self._send(_pdu.ReleaseRP())
-        self.artim_running = True
+        self._start_artim()
 
     def _ar5(self, _: object) -> None:
         self.artim_running = False
@@ -330,7 +337,7 @@ class UpperLayer:
         # provider itself found the fault (Sta2, bad first PDU) we say so, with
         # the reason, which tells the peer more than "service-user, 0".
         self._send(self._abort_for(arg))
-        self.artim_running = True
+        self._start_artim()
 
     def _aa2(self, _: object) -> None:
         self.artim_running = False
@@ -364,7 +371,7 @@ class UpperLayer:
         self._send(abort)
         detail = str(arg) if isinstance(arg, RemoteProtocolError) else "unexpected PDU"
         self._indications.append(Aborted(abort.source, abort.reason, by_peer=False, detail=detail))
-        self.artim_running = True
+        self._start_artim()
 
 
 # Action -> the method performing it (AE_1 -> UpperLayer._ae1), built once for the class.
