@@ -39,6 +39,8 @@ def _setup_logging(verbose: int, *, server: bool = False) -> None:
             stream=sys.stderr,
             force=True,
         )
+        # Alembic narrates every plug-in it loads at INFO: keep that for -v.
+        logging.getLogger("alembic").setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
         return
     logging.basicConfig(
         level=level,
