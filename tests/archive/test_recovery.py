@@ -147,3 +147,9 @@ def test_obsolete_file_from_an_earlier_hour_is_swept(make_storage_node, tmp_path
     assert part10_dataset(data / row["path"])[3] == item_of(new)[3]
     assert not earlier.exists(), "the orphan of a crash was not swept at start-up"
     assert_consistent(data, node.index)
+
+
+def test_an_empty_group_is_a_no_op(make_storage_node, tmp_path):
+    # Start-up recovery may find only unreadable orphans: an empty group must index nothing.
+    node = make_storage_node(data=tmp_path / "data")
+    assert node.index.store([], "reject") == []

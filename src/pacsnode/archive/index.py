@@ -6,14 +6,15 @@ import enum
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Insert, bindparam, create_engine, event, func, select
+from sqlalchemy import Connection, Engine, Insert, create_engine, event, func, select
 from sqlalchemy.engine import make_url
 
-from pacsnode.archive.schema import changes, instances, metadata, patients, series, studies, trash
+from pacsnode.archive.hotpath import HotPath
+from pacsnode.archive.schema import instances, metadata, patients, series, studies, trash
 
 log = logging.getLogger("pacsnode.archive")
 
@@ -63,45 +64,8 @@ def _new_id(conn: Connection, statement: Insert) -> int:
     return int(key[0])
 
 
-# The statements of the ingest hot path, built once: building SQLAlchemy expressions
-# per call cost more than executing them.
-_FIND_INSTANCES = select(
-    instances.c.id,
-    instances.c.sop_instance_uid,
-    instances.c.sha256,
-    instances.c.path,
-    instances.c.series_fk,
-    instances.c.received_at,
-).where(instances.c.sop_instance_uid.in_(bindparam("uids", expanding=True)))
-_INSERT_INSTANCES = instances.insert()
-_INSERT_CHANGES = changes.insert()
-_ADD_TO_SERIES = (
-    series.update()
-    .where(series.c.id == bindparam("b_series"))
-    .values(number_of_series_related_instances=series.c.number_of_series_related_instances + bindparam("n"))
-    .returning(series.c.number_of_series_related_instances)
-)
-_ADD_TO_STUDY = (
-    studies.update()
-    .where(studies.c.id == bindparam("b_study"))
-    .values(
-        number_of_study_related_instances=studies.c.number_of_study_related_instances + bindparam("n"),
-        number_of_study_related_series=studies.c.number_of_study_related_series + bindparam("s"),
-        updated_at=func.now(),
-    )
-)
-_ADD_TO_STUDY_WITH_CONTENT = _ADD_TO_STUDY.values(
-    modalities_in_study=bindparam("modalities"), sop_classes_in_study=bindparam("sop_classes")
-)
-
-
 # The policy start-up recovery uses when the configured one is "replace".
 RECOVER_REPLACE = "recover-replace"
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; every timestamp pacsnode writes is UTC.
-    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +142,7 @@ class ArchiveIndex:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
+        self._hot = HotPath(self.engine.dialect.name)
         self._forget()
 
     def migrate(self) -> None:
@@ -223,8 +188,8 @@ class ArchiveIndex:
     def _store(self, conn: Connection, records: Sequence[InstanceRecord], policy: str) -> list[StoreOutcome]:
         uids = list({r.sop_instance_uid for r in records})
         existing: dict[str, _Known] = {
-            row.sop_instance_uid: _Known(row.id, row.sha256, row.path, row.series_fk, _aware(row.received_at))
-            for row in conn.execute(_FIND_INSTANCES, {"uids": uids})
+            uid: _Known(pk, sha, path, series_fk, at)
+            for pk, uid, sha, path, series_fk, at in self._hot.find(conn, uids)
         }
         outcomes: list[StoreOutcome] = []
         new_rows: list[dict[str, Any]] = []
@@ -257,7 +222,7 @@ class ArchiveIndex:
                     continue
                 # replace: the old row goes now, its file after the commit.
                 if new_rows:  # the old row may be one of this group's
-                    conn.execute(_INSERT_INSTANCES, new_rows)
+                    self._hot.insert_instances(conn, new_rows)
                     new_rows = []
                 conn.execute(instances.delete().where(instances.c.sop_instance_uid == uid))
                 conn.execute(trash.insert().values(path=known.path, at=record.received_at))
@@ -291,9 +256,9 @@ class ArchiveIndex:
             self._note_study_content(study_fk, record)
             outcomes.append(StoreOutcome(Outcome.REPLACED if obsolete else Outcome.STORED, obsolete))
         if new_rows:
-            conn.execute(_INSERT_INSTANCES, new_rows)
+            self._hot.insert_instances(conn, new_rows)
         if change_rows:
-            conn.execute(_INSERT_CHANGES, change_rows)
+            self._hot.insert_changes(conn, change_rows)
         self._count(conn, added, recount_series, recount_studies)
         return outcomes
 
@@ -402,7 +367,7 @@ class ArchiveIndex:
         for series_id, n in added.items():
             study = self._study_of_series(conn, series_id)
             if series_id not in recount_series:
-                current = conn.execute(_ADD_TO_SERIES, {"b_series": series_id, "n": n}).scalar_one()
+                current = self._hot.add_to_series(conn, series_id, n)
                 if current == n:  # the series had no instance before this group
                     new_series[study] = new_series.get(study, 0) + 1
             by_study[study] = by_study.get(study, 0) + n
@@ -410,14 +375,11 @@ class ArchiveIndex:
         for study_id, n in by_study.items():
             if study_id in full:
                 continue
-            params: dict[str, Any] = {"b_study": study_id, "n": n, "s": new_series.get(study_id, 0)}
+            content: tuple[str, str] | None = None
             if study_id in self._dirty_content:
                 modalities, sop_classes = self._study_content[study_id]
-                params["modalities"] = "\\".join(sorted(modalities))
-                params["sop_classes"] = "\\".join(sorted(sop_classes))
-                conn.execute(_ADD_TO_STUDY_WITH_CONTENT, params)
-            else:
-                conn.execute(_ADD_TO_STUDY, params)
+                content = ("\\".join(sorted(modalities)), "\\".join(sorted(sop_classes)))
+            self._hot.add_to_study(conn, study_id, n, new_series.get(study_id, 0), content)
         self._dirty_content.clear()
         if recount_series or full:
             self._recount(conn, recount_series, full)
