@@ -281,21 +281,25 @@ class Archive:
     async def ingest(self, sink: SpoolSink) -> StoreResult:
         """Check, place and index a received instance; returns once it is durable (or refused)."""
         assert self._queue is not None, "Archive.start() was not awaited"
-        future: asyncio.Future[StoreResult] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[StoreResult] = loop.create_future()
         self._queue.put_nowait(_Pending(sink, future))
+        # A plain timer rather than wait_for(shield()): this runs once per instance.
+        timer = loop.call_later(self.commit_timeout, self._too_late, future, sink.sop_instance_uid)
         try:
-            return await asyncio.wait_for(asyncio.shield(future), self.commit_timeout)
-        except TimeoutError:
-            # The commit may still complete later; the sender's retry then finds an
-            # identical copy and succeeds.  What matters here is a timely answer.
-            log.error(
-                "no group commit within %.0f s: instance %s refused",
-                self.commit_timeout,
-                sink.sop_instance_uid,
-            )
-            return StoreResult(
-                Status.OUT_OF_RESOURCES, "storage did not complete in time", sink.sop_instance_uid
-            )
+            return await future
+        finally:
+            timer.cancel()
+
+    def _too_late(self, future: asyncio.Future[StoreResult], sop_instance_uid: str) -> None:
+        if future.done():
+            return
+        # The commit may still complete later; the sender's retry then finds an
+        # identical copy and succeeds.  What matters here is a timely answer.
+        log.error("no group commit within %.0f s: instance %s refused", self.commit_timeout, sop_instance_uid)
+        future.set_result(
+            StoreResult(Status.OUT_OF_RESOURCES, "storage did not complete in time", sop_instance_uid)
+        )
 
     async def _commit_loop(self) -> None:
         assert self._queue is not None
