@@ -89,7 +89,13 @@ def test_keep_first_answers_success_and_logs_the_ignored_copy(make_storage_node)
     assert (node.data / row["path"]).read_bytes() == original
     assert object_files(node.data) == [row["path"]]
     assert kinds(node) == [("created", first.SOPInstanceUID), ("duplicate-ignored", first.SOPInstanceUID)]
-    assert node.index.counts() == {"patients": 1, "studies": 1, "series": 1, "instances": 1}
+    assert node.index.counts() == {
+        "patients": 1,
+        "studies": 1,
+        "series": 1,
+        "instances": 1,
+        "non_patient_objects": 0,
+    }
     assert_computed_attributes(node.index)
     assert_consistent(node.data, node.index)
 

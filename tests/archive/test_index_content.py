@@ -106,7 +106,13 @@ def test_hierarchy_rows_and_computed_attributes(ingested, hierarchy):
     target, source_ae = ingested
     rows = assert_computed_attributes(target.index)
     assert_consistent(target.data, target.index)
-    assert target.index.counts() == {"patients": 5, "studies": 7, "series": 10, "instances": 12}
+    assert target.index.counts() == {
+        "patients": 5,
+        "studies": 7,
+        "series": 10,
+        "instances": 12,
+        "non_patient_objects": 0,
+    }
 
     patients = {(p["patient_id"], p["issuer_of_patient_id"]): p for p in rows["patients"]}
     assert set(patients) == {("123456", ""), ("COMMON", ""), ("A", ""), ("B", ""), ("TEST_1", "")}

@@ -38,6 +38,7 @@ from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 
 from pacsnode import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from pacsnode.data.uids import NON_PATIENT_SOP_CLASSES
 from pacsnode.net.client import associate, verification_context
 from pacsnode.services.storage import storage_sop_classes
 from pacsnode.ul.negotiation import ProposedContext
@@ -46,6 +47,7 @@ from peerkit import (
     assert_consistent,
     need_testdata,
     need_tool,
+    part10_dataset,
     pynetdicom_store,
     run_tool,
 )
@@ -81,9 +83,8 @@ DCMTK_FLAGS = {
     "1.2.840.10008.1.2.4.81": "-xu",
     "1.2.840.10008.1.2.5": "-xr",
 }
-# KNOWN_GAPS: the index requires Study/Series Instance UIDs, so non-patient objects
-# (Color Palette Storage, PS3.3 A.58) are refused with 0xA900.  (Every transfer syntax of
-# PS3.6, the retired JPEG processes, JPEG XL and Deflated Image Frame included, is accepted.)
+# Refused on purpose: a patient object (not a PS3.3 non-patient IOD) without Study or
+# Series Instance UID, both Type 1, is answered 0xA900 (some pydicom test files lack them).
 UNACCEPTED_TS: set[str] = set()
 PADDING = Tag(0xFFFC, 0xFFFC)  # PS3.10 7.2 Data Set Trailing Padding: DCMTK drops it
 BATCH = 40
@@ -314,6 +315,8 @@ def check_stored(
     if row["transfer_syntax_uid"] != f.transfer_syntax:
         problems.append(f"{f.name}: index transfer syntax {row['transfer_syntax_uid']}")
     for key, value in expected_instance_keys(sent).items():
+        if key not in row and f.sop_class in NON_PATIENT_SOP_CLASSES:
+            continue  # a non-patient object's row keeps no image keys
         if row[key] != value:
             problems.append(f"{f.name}: index {key} = {row[key]!r}, the file says {value!r}")
     if row["source_ae_title"] != source_ae:
@@ -407,10 +410,10 @@ def corpus_node(make_storage_node):
 
 
 def gap_of(f: CorpusFile) -> str | None:
-    """Why the node cannot store this corpus file yet (see KNOWN_GAPS), or None."""
+    """Why the node refuses this corpus file on purpose, or None."""
     if f.transfer_syntax in UNACCEPTED_TS:
         return "transfer syntax not accepted"
-    if not f.has_study:
+    if not f.has_study and f.sop_class not in NON_PATIENT_SOP_CLASSES:
         return "non-patient object"
     return None
 
@@ -494,11 +497,13 @@ def test_pynetdicom_storescu_sends_the_whole_corpus(corpus_node):
     assert_consistent(corpus_node.data, corpus_node.index)
 
 
-@pytest.mark.xfail(strict=True, reason="KNOWN_GAPS: syntaxes/objects the node does not accept yet")
-def test_known_gaps_are_stored(corpus_node):
-    gaps = [f for f in corpus() if gap_of(f) is not None]
-    assert gaps
-    for f in gaps:
-        assert context_accepted(corpus_node, f.sop_class, f.transfer_syntax), f.name
+def test_non_patient_objects_are_stored_outside_the_hierarchy(corpus_node):
+    palettes = [f for f in corpus() if f.sop_class in NON_PATIENT_SOP_CLASSES]
+    assert palettes  # Color Palette Storage is in the corpus
+    for f in palettes:
         (status,) = pynetdicom_store(corpus_node.host, corpus_node.port, [dcmread(f.path, force=True)])
         assert status.ok, (f.name, status)
+        row = corpus_node.index.instance(f.sop_instance)
+        assert row is not None and "series_fk" not in row
+        assert part10_dataset(corpus_node.data / row["path"])[1] == f.sop_instance
+    assert_consistent(corpus_node.data, corpus_node.index)

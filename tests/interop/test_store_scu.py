@@ -349,7 +349,10 @@ def node(tmp_path) -> Iterator[tuple[int, Settings]]:
 def indexed_files(settings: Settings) -> tuple[dict[str, int], list[Path]]:
     index = ArchiveIndex(settings.index_url())
     try:
-        return index.counts(), [settings.node.data / p for p in index.all_paths()]
+        counts = index.counts()
+        # Non-patient objects (Color Palette) are stored outside the hierarchy's table.
+        counts["instances"] += counts.pop("non_patient_objects")
+        return counts, [settings.node.data / p for p in index.all_paths()]
     finally:
         index.dispose()
 

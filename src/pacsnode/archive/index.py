@@ -14,7 +14,8 @@ from sqlalchemy import Connection, Engine, Insert, create_engine, event, func, s
 from sqlalchemy.engine import make_url
 
 from pacsnode.archive.hotpath import HotPath
-from pacsnode.archive.schema import instances, metadata, patients, series, studies, trash
+from pacsnode.archive.schema import instances, metadata, non_patient_objects, patients, series, studies, trash
+from pacsnode.data.uids import NON_PATIENT_SOP_CLASSES
 
 log = logging.getLogger("pacsnode.archive")
 
@@ -186,6 +187,58 @@ class ArchiveIndex:
             raise
 
     def _store(self, conn: Connection, records: Sequence[InstanceRecord], policy: str) -> list[StoreOutcome]:
+        if any(r.sop_class_uid in NON_PATIENT_SOP_CLASSES for r in records):
+            outcomes: dict[int, StoreOutcome] = {}
+            rest: list[tuple[int, InstanceRecord]] = []
+            for i, r in enumerate(records):
+                if r.sop_class_uid in NON_PATIENT_SOP_CLASSES:
+                    outcomes[i] = self._store_non_patient(conn, r, policy)
+                else:
+                    rest.append((i, r))
+            for (i, _), outcome in zip(
+                rest, self._store_patient(conn, [r for _, r in rest], policy), strict=True
+            ):
+                outcomes[i] = outcome
+            return [outcomes[i] for i in range(len(records))]
+        return self._store_patient(conn, records, policy)
+
+    def _store_non_patient(self, conn: Connection, record: InstanceRecord, policy: str) -> StoreOutcome:
+        table = non_patient_objects
+        known = conn.execute(
+            select(table.c.id, table.c.sha256, table.c.path).where(
+                table.c.sop_instance_uid == record.sop_instance_uid
+            )
+        ).first()
+        values = {
+            "sop_instance_uid": record.sop_instance_uid,
+            "sop_class_uid": record.sop_class_uid,
+            "transfer_syntax_uid": record.instance.get("transfer_syntax_uid", ""),
+            "path": record.path,
+            "size": record.size,
+            "sha256": record.sha256,
+            "source_ae_title": record.source_ae_title,
+            "received_at": record.received_at,
+        }
+        if known is None:
+            conn.execute(table.insert().values(**values))
+            self._hot.insert_changes(conn, [_change(record, "created", "non-patient object")])
+            return StoreOutcome(Outcome.STORED)
+        if known.sha256 == record.sha256:
+            return StoreOutcome(Outcome.IDENTICAL_DUPLICATE, record.path)
+        if policy in ("reject",):
+            return StoreOutcome(Outcome.REJECTED_DUPLICATE, record.path)
+        if policy in ("keep-first", RECOVER_REPLACE):
+            return StoreOutcome(Outcome.KEPT_FIRST, record.path)
+        conn.execute(table.update().where(table.c.id == known.id).values(**values))
+        conn.execute(trash.insert().values(path=known.path, at=record.received_at))
+        self._hot.insert_changes(conn, [_change(record, "replaced", "non-patient object")])
+        return StoreOutcome(Outcome.REPLACED, known.path)
+
+    def _store_patient(
+        self, conn: Connection, records: Sequence[InstanceRecord], policy: str
+    ) -> list[StoreOutcome]:
+        if not records:
+            return []
         uids = list({r.sop_instance_uid for r in records})
         existing: dict[str, _Known] = {
             uid: _Known(pk, sha, path, series_fk, at)
@@ -447,17 +500,23 @@ class ArchiveIndex:
         with self.engine.connect() as conn:
             for i in range(0, len(wanted), 500):
                 chunk = wanted[i : i + 500]
-                found.update(
-                    conn.execute(select(instances.c.path).where(instances.c.path.in_(chunk))).scalars()
-                )
+                for table in (instances, non_patient_objects):
+                    found.update(conn.execute(select(table.c.path).where(table.c.path.in_(chunk))).scalars())
         return found
 
     def instance(self, sop_instance_uid: str) -> dict[str, Any] | None:
         """The index row of one instance, or None."""
         with self.engine.connect() as conn:
-            row = conn.execute(
-                select(instances).where(instances.c.sop_instance_uid == sop_instance_uid)
-            ).first()
+            row = (
+                conn.execute(
+                    select(instances).where(instances.c.sop_instance_uid == sop_instance_uid)
+                ).first()
+                or conn.execute(
+                    select(non_patient_objects).where(
+                        non_patient_objects.c.sop_instance_uid == sop_instance_uid
+                    )
+                ).first()
+            )
         return dict(row._mapping) if row is not None else None
 
     def counts(self) -> dict[str, int]:
@@ -465,13 +524,15 @@ class ArchiveIndex:
         with self.engine.connect() as conn:
             return {
                 table.name: int(conn.execute(select(func.count()).select_from(table)).scalar_one())
-                for table in (patients, studies, series, instances)
+                for table in (patients, studies, series, instances, non_patient_objects)
             }
 
     def all_paths(self) -> list[str]:
         """Every file path the index references (for consistency checks)."""
         with self.engine.connect() as conn:
-            return list(conn.execute(select(instances.c.path)).scalars())
+            return list(conn.execute(select(instances.c.path)).scalars()) + list(
+                conn.execute(select(non_patient_objects.c.path)).scalars()
+            )
 
     def drop_all(self) -> None:
         """Remove every table (tests only)."""

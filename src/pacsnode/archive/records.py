@@ -10,6 +10,7 @@ from pydicom.multival import MultiValue
 
 from pacsnode.archive.index import InstanceRecord
 from pacsnode.data.header import HeaderError, RawHeader, read_header
+from pacsnode.data.uids import NON_PATIENT_SOP_CLASSES
 
 
 class InvalidInstance(ValueError):
@@ -143,7 +144,8 @@ def read_keys(data: bytes, offset: int, transfer_syntax_uid: str) -> RawHeader |
         return None
     # Elements out of order (a malformed header) can hide a UID from a reader that
     # stops early: then pydicom, which reads everything, decides.
-    return header if all(tag in header.values for _, tag in UIDS) else None
+    needed = UIDS[:2] if header.text(0x00080016) in NON_PATIENT_SOP_CLASSES else UIDS
+    return header if all(tag in header.values for _, tag in needed) else None
 
 
 def instance_record(
@@ -159,7 +161,12 @@ def instance_record(
     """Build the index record from a header: a pydicom Dataset or the fast reader's RawHeader."""
     source: _Source = header if isinstance(header, RawHeader) else _DatasetSource(header)
     try:
-        uids = [_uid(source, keyword, tag) for keyword, tag in UIDS]
+        uids = [_uid(source, keyword, tag) for keyword, tag in UIDS[:2]]
+        if uids[1] in NON_PATIENT_SOP_CLASSES:
+            # Stored outside the hierarchy: no study and series UIDs to require.
+            uids += [source.text(tag).strip("\0 ") for _, tag in UIDS[2:]]
+        else:
+            uids += [_uid(source, keyword, tag) for keyword, tag in UIDS[2:]]
         patient, study, series = _level(source, PATIENT), _level(source, STUDY), _level(source, SERIES)
         instance = _level(source, INSTANCE)
     except InvalidInstance:

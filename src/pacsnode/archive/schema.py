@@ -128,3 +128,20 @@ trash = Table(
     Column("path", String(256), nullable=False),
     Column("at", DateTime(timezone=True), nullable=False),
 )
+
+# Non-patient objects (PS3.3 A.44 Hanging Protocol, A.58 Color Palette, A.61-A.63
+# implant templates, defined procedure protocols, protocol approvals, inventories):
+# stored like any instance, but outside the Patient > Study > Series hierarchy.
+non_patient_objects = Table(
+    "non_patient_objects",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("sop_instance_uid", String(64), nullable=False, unique=True),
+    Column("sop_class_uid", String(64), nullable=False),
+    Column("transfer_syntax_uid", String(64), nullable=False),
+    Column("path", String(256), nullable=False, unique=True),
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("source_ae_title", String(16), nullable=False, default=""),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+)

@@ -57,3 +57,19 @@ def all_transfer_syntaxes() -> tuple[str, ...]:
     known += [uid for uid in SUPPLEMENTARY_TRANSFER_SYNTAXES if uid not in known]
     first = [EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN]
     return tuple(first + sorted(uid for uid in known if uid not in first))
+
+
+# PS3.3 non-patient IODs: no Patient, Study or Series (PS3.4 B.5 lists them with the others).
+NON_PATIENT_SOP_CLASSES = frozenset(
+    (
+        "1.2.840.10008.5.1.4.38.1",  # Hanging Protocol Storage
+        "1.2.840.10008.5.1.4.39.1",  # Color Palette Storage
+        "1.2.840.10008.5.1.4.43.1",  # Generic Implant Template Storage
+        "1.2.840.10008.5.1.4.44.1",  # Implant Assembly Template Storage
+        "1.2.840.10008.5.1.4.45.1",  # Implant Template Group Storage
+        "1.2.840.10008.5.1.4.1.1.200.1",  # CT Defined Procedure Protocol Storage
+        "1.2.840.10008.5.1.4.1.1.200.3",  # Protocol Approval Storage
+        "1.2.840.10008.5.1.4.1.1.200.7",  # XA Defined Procedure Protocol Storage
+        "1.2.840.10008.5.1.4.1.1.201.1",  # Inventory Storage
+    )
+)

@@ -122,9 +122,10 @@ def storage_service(archive: Archive | None, private_sop_classes: list[str]) -> 
             "succeeds and keeps one copy; a different object under a stored SOP Instance UID "
             "follows the configured duplicate policy (reject, keep-first or replace). A data set "
             "of up to 1 MiB that ends inside an element is refused (C000H); larger ones are "
-            "streamed to disk and only their header is checked. Limitation: objects without "
-            "Study and Series Instance UID (non-patient objects such as Color Palette Storage) "
-            "are refused with A900H."
+            "streamed to disk and only their header is checked. Non-patient objects (Hanging "
+            "Protocol, Color Palette, implant templates, defined procedure protocols, protocol "
+            "approvals, inventories) are stored outside the Patient/Study/Series hierarchy; any "
+            "other instance without Study or Series Instance UID (Type 1) is refused with A900H."
         ),
         status_codes=(
             (Status.SUCCESS, "The instance is stored durably (or an identical copy already was)."),
