@@ -211,3 +211,32 @@ def test_command_and_data_set_disagree(storage_node, what):
     (ok,) = raw_store(storage_node.host, storage_node.port, [(sop_class, sop_instance, ts, data)])
     assert ok.status == Status.SUCCESS
     assert stored_bytes(storage_node, sop_instance) == data
+
+
+@pytest.mark.parametrize("policy", ["reject", "keep-first", "replace"])
+def test_non_patient_object_duplicates_follow_the_policy(make_storage_node, policy) -> None:
+    from pydicom import dcmread
+
+    from peerkit import need_testdata, part10_dataset
+
+    path = need_testdata("modalities", "PAL_hotiron_color_palette.dcm")
+    node = make_storage_node(duplicate_policy=policy)
+    first = dcmread(path)
+    assert pynetdicom_store(node.host, node.port, [first])[0].ok
+    old = node.index.instance(first.SOPInstanceUID)
+    assert pynetdicom_store(node.host, node.port, [first])[0].ok  # identical: one copy
+    assert node.index.instance(first.SOPInstanceUID) == old
+    second = dcmread(path)
+    second.ContentLabel = "CHANGED"
+    (status,) = pynetdicom_store(node.host, node.port, [second])
+    row = node.index.instance(first.SOPInstanceUID)
+    if policy == "reject":
+        assert status.status == 0x0111 and row == old
+    elif policy == "keep-first":
+        assert status.ok and row == old
+    else:
+        assert status.ok and row["sha256"] != old["sha256"]
+        assert not (node.data / old["path"]).exists()
+        assert dcmread(node.data / row["path"]).ContentLabel == "CHANGED"
+    assert part10_dataset(node.data / row["path"])[1] == first.SOPInstanceUID
+    assert_consistent(node.data, node.index)
