@@ -225,7 +225,7 @@ class ArchiveIndex:
             return StoreOutcome(Outcome.STORED)
         if known.sha256 == record.sha256:
             return StoreOutcome(Outcome.IDENTICAL_DUPLICATE, record.path)
-        if policy in ("reject",):
+        if policy == "reject":
             return StoreOutcome(Outcome.REJECTED_DUPLICATE, record.path)
         if policy in ("keep-first", RECOVER_REPLACE):
             return StoreOutcome(Outcome.KEPT_FIRST, record.path)

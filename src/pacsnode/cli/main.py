@@ -86,6 +86,15 @@ ConfigOpt = Annotated[
 ]
 
 
+ReportOpt = Annotated[
+    Path | None,
+    typer.Option("--report", help="Write one tab-separated line per file (path, result, status, ...)."),
+]
+FilesVerboseOpt = Annotated[
+    int, typer.Option("--verbose", "-v", count=True, help="List every file (-vv: debug log).")
+]
+
+
 @app.command()
 def serve(
     config: ConfigOpt = None,
@@ -231,13 +240,8 @@ def store(
     max_pdu: Annotated[
         int, typer.Option("--max-pdu", "-pdu", min=4096, help="Maximum PDU length we receive.")
     ] = 262_144,
-    report: Annotated[
-        Path | None,
-        typer.Option("--report", help="Write one tab-separated line per file (path, result, status, ...)."),
-    ] = None,
-    verbose: Annotated[
-        int, typer.Option("--verbose", "-v", count=True, help="List every file (-vv: debug log).")
-    ] = 0,
+    report: ReportOpt = None,
+    verbose: FilesVerboseOpt = 0,
 ) -> None:
     from pacsnode.cli.store import StoreOptions, run_store
 
@@ -278,13 +282,8 @@ def import_(
         Path | None, typer.Option(help="Data folder (env PACSNODE_DATA; default ./pacsnode-data).")
     ] = None,
     recursive: RecursiveOpt = True,
-    report: Annotated[
-        Path | None,
-        typer.Option("--report", help="Write one tab-separated line per file (path, result, status, ...)."),
-    ] = None,
-    verbose: Annotated[
-        int, typer.Option("--verbose", "-v", count=True, help="List every file (-vv: debug log).")
-    ] = 0,
+    report: ReportOpt = None,
+    verbose: FilesVerboseOpt = 0,
 ) -> None:
     from pacsnode.cli.importer import run_import
 

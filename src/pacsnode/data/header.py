@@ -12,7 +12,6 @@ returns None and the caller falls back to pydicom.
 from __future__ import annotations
 
 import struct
-from collections.abc import Collection
 
 from pydicom.charset import convert_encodings, decode_bytes
 
@@ -219,8 +218,3 @@ def truncation(data: bytes | memoryview, offset: int, transfer_syntax_uid: str) 
     except (HeaderError, struct.error):
         return None
     return None
-
-
-def wanted_tags(tags: Collection[tuple[int, str]]) -> dict[int, bytes]:
-    """Tag -> VR (as bytes) for the implicit VR case."""
-    return {tag: vr.encode("ascii") for tag, vr in tags}

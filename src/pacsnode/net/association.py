@@ -208,11 +208,7 @@ class AssociationProtocol(asyncio.Protocol):
         if self.ul.state is State.Sta1:
             return
         self.ul.abort(source, reason)
-        self.flush()
-        if self.transport is not None and not self.transport.is_closing():
-            # PS3.8 AA-1 waits for the peer to close under ARTIM; we close after
-            # the A-ABORT is written, as DCMTK does, to free the socket at once.
-            self.transport.close()
+        self.flush()  # closes the transport: the A-ABORT was sent, or close was requested
 
     # ------------------------------------------------------------ indications
 
