@@ -14,7 +14,17 @@ from sqlalchemy import Connection, Engine, Insert, create_engine, event, func, s
 from sqlalchemy.engine import make_url
 
 from pacsnode.archive.hotpath import HotPath
-from pacsnode.archive.schema import instances, metadata, non_patient_objects, patients, series, studies, trash
+from pacsnode.archive.matching import name_keys
+from pacsnode.archive.schema import (
+    instances,
+    metadata,
+    non_patient_objects,
+    patient_name_keys,
+    patients,
+    series,
+    studies,
+    trash,
+)
 from pacsnode.data.uids import NON_PATIENT_SOP_CLASSES
 
 log = logging.getLogger("pacsnode.archive")
@@ -101,6 +111,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=5000")
+    # LIKE as on PostgreSQL: case-sensitive (name keys are folded before matching).
+    cursor.execute("PRAGMA case_sensitive_like=ON")
     cursor.close()
 
 
@@ -336,7 +348,13 @@ class ArchiveIndex:
                 patients.c.patient_id == key[0], patients.c.issuer_of_patient_id == key[1]
             )
         ).first()
-        pk = int(row.id) if row is not None else _new_id(conn, patients.insert().values(**record.patient))
+        if row is not None:
+            pk = int(row.id)
+        else:
+            pk = _new_id(conn, patients.insert().values(**record.patient))
+            keys = name_keys(record.patient.get("patient_name", ""))
+            if keys:
+                conn.execute(patient_name_keys.insert(), [{"patient_fk": pk, "name_key": k} for k in keys])
         self._patients[key] = pk
         return pk
 

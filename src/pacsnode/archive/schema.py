@@ -36,6 +36,21 @@ patients = Table(
 )
 Index("ix_patients_name", patients.c.patient_name)
 
+# PS3.4 C.2.2.2.1: each component group of a Patient's Name (alphabetic, ideographic,
+# phonetic), case- and accent-folded, so that a name query of any script and any case
+# finds the patient through an index.  Binary collation ("C" on PostgreSQL) so that a
+# prefix is a plain range of the index.
+NAME_KEY = String(324).with_variant(String(324, collation="C"), "postgresql")
+patient_name_keys = Table(
+    "patient_name_keys",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("patient_fk", Integer, ForeignKey("patients.id"), nullable=False),
+    Column("name_key", NAME_KEY, nullable=False),
+)
+Index("ix_patient_name_keys_key", patient_name_keys.c.name_key)
+Index("ix_patient_name_keys_patient", patient_name_keys.c.patient_fk)
+
 studies = Table(
     "studies",
     metadata,

@@ -9,13 +9,11 @@ bare data set (as some tools write), in any of the three uncompressed encodings.
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import mmap
 import os
 import struct
 import warnings
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,69 +21,26 @@ from typing import BinaryIO
 
 import pydicom.config
 from pydicom import dcmread
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filereader import read_dataset
-from pydicom.filewriter import write_dataset
+from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
-from pydicom.uid import UID
 
 from pacsnode.data.part10 import read_layout
-from pacsnode.data.uids import (
-    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
-    EXPLICIT_VR_BIG_ENDIAN,
-    EXPLICIT_VR_LITTLE_ENDIAN,
-    IMPLICIT_VR_LITTLE_ENDIAN,
+from pacsnode.data.transcode import (
+    VR_CODES,
+    Encoding,
+    decode,
+    encoding_of,
+    first_line,
+    guess_encoding,
+    is_encapsulated,
+    transcode,
+    uncompressed_for,
 )
+from pacsnode.data.uids import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # PS3.4 Annex F: the DICOMDIR's SOP class
 _SOP_INSTANCE_UID_TAG = 0x00080018
 _HEAD = 4096  # bytes read to recognise a file (and, nearly always, its whole File Meta Information)
-
-# PS3.5 Table 6.2-1: the two-letter VR codes an explicit VR element can carry.
-_VRS = frozenset(
-    b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM".split()
-    + b"UC UI UL UN UR US UT UV".split()
-)
-# Values held as raw bytes whose byte order depends on the transfer syntax: width in bytes.
-_SWAP_WIDTH = {"OW": 2, "OL": 4, "OF": 4, "OD": 8, "OV": 8}
-
-
-class Encoding:
-    """(implicit VR, little endian) of the three uncompressed encodings (PS3.5 7.1, 7.3)."""
-
-    IMPLICIT_LE = (True, True)
-    EXPLICIT_LE = (False, True)
-    EXPLICIT_BE = (False, False)
-
-
-def encoding_of(transfer_syntax: str) -> tuple[bool, bool]:
-    """How a data set in this transfer syntax is encoded (PS3.5 A: every other one is explicit LE)."""
-    if transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN:
-        return Encoding.IMPLICIT_LE
-    if transfer_syntax == EXPLICIT_VR_BIG_ENDIAN:
-        return Encoding.EXPLICIT_BE
-    return Encoding.EXPLICIT_LE
-
-
-def _uncompressed_for(encoding: tuple[bool, bool]) -> str:
-    return {
-        Encoding.IMPLICIT_LE: IMPLICIT_VR_LITTLE_ENDIAN,
-        Encoding.EXPLICIT_BE: EXPLICIT_VR_BIG_ENDIAN,
-    }.get(encoding, EXPLICIT_VR_LITTLE_ENDIAN)
-
-
-def is_encapsulated(transfer_syntax: str) -> bool:
-    """True when Pixel Data is encapsulated (compressed); a syntax pydicom does not know counts as such."""
-    uid = UID(transfer_syntax)
-    if transfer_syntax in (
-        IMPLICIT_VR_LITTLE_ENDIAN,
-        EXPLICIT_VR_LITTLE_ENDIAN,
-        EXPLICIT_VR_BIG_ENDIAN,
-        DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
-    ):
-        return False
-    return not uid.is_transfer_syntax or uid.is_encapsulated
 
 
 @contextlib.contextmanager
@@ -154,27 +109,6 @@ class DicomDir:
 Inspected = DicomFile | NotSendable | DicomDir
 
 
-def _bare_encoding(head: bytes, size: int) -> tuple[bool, bool] | None:
-    """The encoding of a data set that starts at `head` without File Meta Information, or None.
-
-    The first element of a data set is in a low, even group (almost always 0008);
-    an explicit VR element has a VR code at bytes 4-5 (PS3.5 7.1.2).
-    """
-    if len(head) < 8:
-        return None
-    group_le, group_be = struct.unpack_from("<H", head)[0], struct.unpack_from(">H", head)[0]
-    vr = head[4:6]
-    if 0x0004 <= group_le <= 0x0040 and not group_le & 1:
-        if vr in _VRS:
-            return Encoding.EXPLICIT_LE
-        length = struct.unpack_from("<I", head, 4)[0]
-        if length == 0xFFFFFFFF or length <= size:
-            return Encoding.IMPLICIT_LE
-    if 0x0004 <= group_be <= 0x0040 and not group_be & 1 and vr in _VRS:
-        return Encoding.EXPLICIT_BE
-    return None
-
-
 @dataclass(frozen=True, slots=True)
 class _Located:
     offset: int
@@ -195,13 +129,13 @@ def locate(fp: BinaryIO, size: int) -> _Located | None:
         start, layout_ok = 0, True  # the meta without preamble or prefix
     else:
         # A bare data set; "DICM" at 128 may be data, as in any data set long enough.
-        enc = _bare_encoding(head, size)
+        enc = guess_encoding(head, size)
         if enc is not None:
-            return _Located(0, _uncompressed_for(enc), "", "", False)
+            return _Located(0, uncompressed_for(enc), "", "", False)
         if len(head) >= 136 and head[128:132] == b"DICM":
-            enc = _bare_encoding(head[132:], size)
+            enc = guess_encoding(head[132:], size)
             if enc is not None:  # preamble and prefix, then no meta at all
-                return _Located(132, _uncompressed_for(enc), "", "", False)
+                return _Located(132, uncompressed_for(enc), "", "", False)
         return None
     meta = _file_meta(head, start + 132 if start == 0 and head[128:132] == b"DICM" else start)
     if meta is None:  # not in the first block, or unusual: pydicom's reader decides
@@ -218,8 +152,8 @@ def locate(fp: BinaryIO, size: int) -> _Located | None:
         # PS3.10 7.1 makes it Type 1; guess from the data set's first element.
         fp.seek(offset)
         # PS3.5 10.1: Implicit VR Little Endian is the default when nothing else says.
-        enc = _bare_encoding(fp.read(16), size) or Encoding.IMPLICIT_LE
-        ts, layout_ok = _uncompressed_for(enc), False
+        enc = guess_encoding(fp.read(16), size) or Encoding.IMPLICIT_LE
+        ts, layout_ok = uncompressed_for(enc), False
     return _Located(offset, ts, sop_class, sop_instance, layout_ok and bool(sop_instance))
 
 
@@ -237,9 +171,9 @@ def _file_meta(head: bytes, pos: int) -> tuple[int, str, str, str] | None:
         if group != 0x0002:
             return pos, values.get(0x10, ""), values.get(0x02, ""), values.get(0x03, "")
         vr = head[pos + 4 : pos + 6]
-        if vr not in _VRS:
+        if vr not in VR_CODES:
             return None
-        if vr in _LONG_VRS:
+        if vr in _LONGVR_CODES:
             if pos + 12 > end:
                 return None
             length = struct.unpack_from("<I", head, pos + 8)[0]
@@ -255,7 +189,7 @@ def _file_meta(head: bytes, pos: int) -> tuple[int, str, str, str] | None:
     return None
 
 
-_LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())  # PS3.5 7.1.2: 32-bit length
+_LONGVR_CODES = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())  # PS3.5 7.1.2: 32-bit length
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 
@@ -322,9 +256,9 @@ class _Walker:
                 pos += 8
             else:
                 vr = buf[pos + 4 : pos + 6]
-                if vr not in _VRS:
+                if vr not in VR_CODES:
                     raise _NoVerdict
-                if vr in _LONG_VRS:
+                if vr in _LONGVR_CODES:
                     if pos + 12 > end:
                         raise Truncated(f"the file ends inside an element header at byte {end}")
                     (length,) = u32(buf, pos + 8)
@@ -393,23 +327,6 @@ def _stop_after_sop_instance_uid(tag: BaseTag, _vr: str | None, _length: int) ->
     return int(tag) > _SOP_INSTANCE_UID_TAG
 
 
-def _dataset_stream(fp: BinaryIO, transfer_syntax: str) -> BinaryIO:
-    if transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
-        # PS3.5 A.5: the whole data set is one raw deflate stream (RFC 1951, no zlib header).
-        return io.BytesIO(zlib.decompressobj(-zlib.MAX_WBITS).decompress(fp.read()))
-    return fp
-
-
-def _read(
-    fp: BinaryIO,
-    transfer_syntax: str,
-    encoding: tuple[bool, bool],
-    stop_when: Callable[[BaseTag, str | None, int], bool] | None,
-) -> Dataset:
-    stream = _dataset_stream(fp, transfer_syntax)
-    return read_dataset(stream, encoding[0], encoding[1], stop_when=stop_when)
-
-
 def inspect(path: Path) -> Inspected:
     """Recognise one file and read the UIDs of its data set (header only: stops after SOP Instance UID)."""
     try:
@@ -423,7 +340,7 @@ def inspect(path: Path) -> Inspected:
             fp.seek(found.offset)
             declared = encoding_of(found.transfer_syntax)
             actual = (
-                _bare_encoding(fp.read(16), size)
+                guess_encoding(fp.read(16), size)
                 if found.transfer_syntax != (DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN)
                 else declared
             )
@@ -436,7 +353,7 @@ def inspect(path: Path) -> Inspected:
                 if is_encapsulated(ts):
                     must_convert = True
                 else:
-                    ts = _uncompressed_for(actual)
+                    ts = uncompressed_for(actual)
                 declared = actual
             uids: dict[int, bytes] | None = None
             if ts != DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
@@ -451,7 +368,7 @@ def inspect(path: Path) -> Inspected:
                     must_convert = True
             if uids is None:  # deflated, or a header the walker could not judge: ask pydicom
                 fp.seek(found.offset)
-                ds = _read(fp, ts, declared, _stop_after_sop_instance_uid)
+                ds = decode(fp, ts, encoding=declared, stop_when=_stop_after_sop_instance_uid)
                 sop_class = str(ds.get("SOPClassUID", "") or "").strip("\0 ")
                 sop_instance = str(ds.get("SOPInstanceUID", "") or "").strip("\0 ")
             else:
@@ -460,7 +377,7 @@ def inspect(path: Path) -> Inspected:
     except OSError as exc:
         return NotSendable(path, "cannot read file", exc.strerror or str(exc))
     except Exception as exc:
-        return NotSendable(path, "unreadable data set", _first_line(exc), size=_size(path))
+        return NotSendable(path, "unreadable data set", first_line(exc), size=_size(path))
     if sop_class == MEDIA_STORAGE_DIRECTORY:
         return DicomDir(path, tuple(_referenced_files(path)), size)
     # PS3.7 9.3.1.1: the C-STORE-RQ must name both; like DCMTK's storescu, take them
@@ -589,83 +506,20 @@ def inspect_all(
 # ---------------------------------------------------------------- reading and converting a data set
 
 
-class ConversionError(Exception):
-    """The data set cannot be re-encoded in the transfer syntax the peer accepted."""
+def read_dataset_bytes(item: DicomFile) -> bytes:
+    """The data set's bytes as they are in the file (everything after the File Meta Information)."""
+    with item.path.open("rb") as fp:
+        fp.seek(item.offset)
+        return fp.read()
 
 
 def read_full(item: DicomFile) -> Dataset:
     """The whole data set, with a file_meta holding its transfer syntax (for pydicom's pixel decoders)."""
     with item.path.open("rb") as fp:
         fp.seek(item.offset)
-        encoding = encoding_of(item.transfer_syntax)
-        if item.must_convert:
-            probe = _bare_encoding(fp.read(16), item.size)
-            fp.seek(item.offset)
-            encoding = probe or encoding
-        ds = _read(fp, item.transfer_syntax, encoding, None)
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = UID(item.transfer_syntax)
-    return ds
-
-
-def _swap_byte_order(ds: Dataset) -> None:
-    """Big to little endian for the values pydicom keeps as raw bytes (OW, OL, OF, OD, OV)."""
-    for elem in ds.iterall():
-        width = _SWAP_WIDTH.get(str(elem.VR))
-        value = elem.value
-        if width and isinstance(value, bytes | bytearray) and len(value) % width == 0:
-            swapped = bytearray(len(value))
-            for i in range(width):
-                # byte i of each value moves to position width-1-i
-                swapped[width - 1 - i :: width] = value[i::width]
-            elem.value = bytes(swapped)
-
-
-def _pad_odd_values(ds: Dataset) -> None:
-    """PS3.5 7.1.1: pad an odd-length binary value with one NUL (pydicom pads text, not bytes)."""
-    for elem in ds.iterall():
-        value = elem.value
-        if isinstance(value, bytes | bytearray) and len(value) % 2:
-            elem.value = bytes(value) + b"\0"
+        return decode(fp, item.transfer_syntax)
 
 
 def convert(item: DicomFile, target: str) -> bytes:
-    """Re-encode a data set in Explicit or Implicit VR Little Endian, decompressing its pixel data.
-
-    PS3.5 8.2 / A.4: the pixel data are decoded with pydicom's handlers and stored native;
-    the SOP Instance UID is kept (a change of transfer syntax is not a new instance;
-    Lossy Image Compression (0028,2110) stays as it was).
-    """
-    if target not in (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN):
-        raise ConversionError(f"cannot convert to {UID(target).name}")
-    try:
-        ds = read_full(item)
-    except Exception as exc:
-        raise ConversionError(f"unreadable data set: {_first_line(exc)}") from exc
-    source = item.transfer_syntax
-    if not UID(source).is_transfer_syntax:
-        raise ConversionError(f"no decoder for the pixel data of transfer syntax {source}")
-    try:
-        if is_encapsulated(source) and "PixelData" in ds:
-            ds.decompress(generate_instance_uid=False)
-        elif source == EXPLICIT_VR_BIG_ENDIAN:
-            _swap_byte_order(ds)
-        _pad_odd_values(ds)
-        out = DicomBytesIO()
-        out.is_little_endian = True
-        out.is_implicit_VR = target == IMPLICIT_VR_LITTLE_ENDIAN
-        write_dataset(out, ds)
-    except ConversionError:
-        raise
-    except Exception as exc:
-        raise ConversionError(_first_line(exc)) from exc
-    return out.getvalue()
-
-
-def _first_line(exc: BaseException, limit: int = 240) -> str:
-    """The exception on one line: pydicom puts whole tracebacks into some messages."""
-    lines = [line.strip() for line in str(exc).strip().splitlines()]
-    lines = [line for line in lines if line and not line.startswith(("Traceback", "File ", "^"))]
-    text = " ".join(lines)
-    text = f"{type(exc).__name__}: {text}"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    """The file's data set re-encoded in `target` (see `transcode`); raises `TranscodeError`."""
+    return transcode(read_dataset_bytes(item), item.transfer_syntax, target)

@@ -12,10 +12,11 @@ from rich.console import Console
 
 from pacsnode.archive.index import Outcome
 from pacsnode.archive.ingest import Archive, StoreResult
-from pacsnode.cli.files import ConversionError, DicomFile, convert, quiet_pydicom
+from pacsnode.cli.files import DicomFile, convert, quiet_pydicom
 from pacsnode.cli.store import FileProgress, FileResult, Reporter, Summary, collect, result_of_status
 from pacsnode.config.settings import Settings
 from pacsnode.data.part10 import file_meta
+from pacsnode.data.transcode import TranscodeError
 from pacsnode.data.uids import EXPLICIT_VR_LITTLE_ENDIAN
 from pacsnode.net.loop import run_loop
 
@@ -114,7 +115,7 @@ def _run_import(
                         continue
                     try:
                         jobs.append(_Job(item, _wrap(item, Path(scratch), start + n)))
-                    except (ConversionError, OSError) as exc:
+                    except (TranscodeError, OSError) as exc:
                         reporter(
                             FileResult(item.path, "Not imported: cannot rewrite its meta", True, str(exc))
                         )

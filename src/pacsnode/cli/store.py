@@ -26,7 +26,6 @@ from rich.progress import (
 from rich.table import Table
 
 from pacsnode.cli.files import (
-    ConversionError,
     DicomDir,
     DicomFile,
     Inspected,
@@ -35,6 +34,7 @@ from pacsnode.cli.files import (
     inspect_all,
     quiet_pydicom,
 )
+from pacsnode.data.transcode import TranscodeError
 from pacsnode.data.uids import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
@@ -306,7 +306,7 @@ async def send_file(
             response = await assoc.store(data, item.sop_class_uid, item.sop_instance_uid, target)
         else:
             response = await _store_untouched(assoc, item, on_bytes)
-    except ConversionError as exc:
+    except TranscodeError as exc:
         return replace(base, result=f"Not sent: cannot convert to {uid_name(target)}", comment=str(exc))
     except OSError as exc:
         return replace(base, result="Not sent: cannot read file", comment=exc.strerror or str(exc))

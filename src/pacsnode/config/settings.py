@@ -87,6 +87,28 @@ class StorageSettings(BaseModel):
     commit_timeout: float = Field(default=30.0, gt=0)
 
 
+class PeerSettings(BaseModel):
+    """One ``[peers.AETITLE]`` table: a remote Application Entity (a C-MOVE destination, say)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+
+class QuerySettings(BaseModel):
+    """The ``[query]`` table: C-FIND (and later QIDO-RS) matching options (PS3.4 C.2.2.2)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # PS3.4 C.2.2.2.1: PN matching may be insensitive to case (and accents); Orthanc's default too.
+    case_insensitive_names: bool = True
+    # At most this many matches per C-FIND (0: no limit); the rest are not sent (status stays Success).
+    max_results: int = Field(default=0, ge=0)
+    # C-MOVE: seconds to connect to a destination and for each of its answers.
+    move_timeout: float = Field(default=30.0, gt=0)
+
+
 class Settings(BaseModel):
     """All settings of one node; built once, immutable, passed explicitly."""
 
@@ -95,6 +117,14 @@ class Settings(BaseModel):
     node: NodeSettings = Field(default_factory=NodeSettings)
     network: NetworkSettings = Field(default_factory=NetworkSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
+    query: QuerySettings = Field(default_factory=QuerySettings)
+    # Remote AEs keyed by AE title: ``[peers.STORESCP]`` with host and port.
+    peers: dict[str, PeerSettings] = Field(default_factory=dict)
+
+    @field_validator("peers")
+    @classmethod
+    def _peer_titles(cls, value: dict[str, PeerSettings]) -> dict[str, PeerSettings]:
+        return {_check_ae_title(title): peer for title, peer in value.items()}
 
     def index_url(self) -> str:
         """The index database URL: the configured one, or SQLite in the data folder."""

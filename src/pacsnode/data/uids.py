@@ -73,3 +73,11 @@ NON_PATIENT_SOP_CLASSES = frozenset(
         "1.2.840.10008.5.1.4.1.1.201.1",  # Inventory Storage
     )
 )
+
+# PS3.4 Annex C.6 / PS3.6 Table A-1: the Query/Retrieve Information Models.
+PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
+PATIENT_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.1.2"
+PATIENT_ROOT_GET = "1.2.840.10008.5.1.4.1.2.1.3"
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
+STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"

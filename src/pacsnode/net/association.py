@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import socket
 from collections import deque
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
 from pacsnode.dimse.assembler import CommandReceived, DataSetFragment, MessageAssembler
@@ -53,14 +54,43 @@ class AssociationClosed(Exception):
 
 
 class _Responder:
-    __slots__ = ("_context_id", "_protocol")
+    __slots__ = ("_context_id", "_message_id", "_protocol")
 
-    def __init__(self, protocol: AssociationProtocol, context_id: int) -> None:
+    def __init__(self, protocol: AssociationProtocol, context_id: int, message_id: int) -> None:
         self._protocol = protocol
         self._context_id = context_id
+        self._message_id = message_id
 
     def send(self, command: Command, dataset: bytes | None = None) -> None:
         self._protocol.send_message(self._context_id, command, dataset)
+
+    @property
+    def cancelled(self) -> bool:
+        return self._message_id in self._protocol.cancelled
+
+    def on_cancel(self, callback: Callable[[], None]) -> None:
+        self._protocol.cancel_callbacks.setdefault(self._message_id, []).append(callback)
+
+    async def drain(self) -> None:
+        await self._protocol.writable()
+
+    async def sub_request(
+        self, context_id: int, command: Command, dataset: bytes | memoryview | None = None
+    ) -> tuple[Command, bytes | None]:
+        protocol = self._protocol
+        assert command.message_id is not None
+        queue = protocol.expect_responses(command.message_id)
+        try:
+            protocol.send_message(context_id, command, dataset)
+            item = await queue.get()
+        finally:
+            protocol.forget_responses(command.message_id)
+        if isinstance(item, BaseException):
+            raise AssociationClosed(str(item)) from item
+        return item
+
+    def next_message_id(self) -> int:
+        return self._protocol.next_message_id()
 
 
 class AssociationProtocol(asyncio.Protocol):
@@ -101,6 +131,8 @@ class AssociationProtocol(asyncio.Protocol):
         self._writable = asyncio.Event()
         self._writable.set()
         self.cancelled: set[int] = set()
+        self.cancel_callbacks: dict[int, list[Callable[[], None]]] = {}
+        self._message_ids = itertools.count(1)
 
     # ------------------------------------------------------------ asyncio callbacks
 
@@ -290,8 +322,11 @@ class AssociationProtocol(asyncio.Protocol):
             return
         if cmd.command_field == CommandField.C_CANCEL_RQ:
             # PS3.7 9.3.2.3: cancel the operation with this Message ID, if still running.
-            if cmd.message_id_being_responded_to is not None:
-                self.cancelled.add(cmd.message_id_being_responded_to)
+            cancelled = cmd.message_id_being_responded_to
+            if cancelled is not None:
+                self.cancelled.add(cancelled)
+                for callback in self.cancel_callbacks.pop(cancelled, []):
+                    callback()
             return
         assert self.negotiated is not None
         context = self.negotiated.contexts[event.context_id]
@@ -341,7 +376,7 @@ class AssociationProtocol(asyncio.Protocol):
 
     def _run(self, request: DimseRequest) -> None:
         handler = self.handlers.get(request.context.abstract_syntax)
-        responder = _Responder(self, request.context.context_id)
+        responder = _Responder(self, request.context.context_id, request.command.message_id or 0)
         if handler is None:
             # PS3.7 Annex C (0122H SOP Class Not Supported): negotiated, but nothing serves it.
             responder.send(response_to(request.command, Status.SOP_CLASS_NOT_SUPPORTED))
@@ -373,6 +408,7 @@ class AssociationProtocol(asyncio.Protocol):
         finally:
             self._inflight = None
         self.cancelled.discard(request.command.message_id or 0)
+        self.cancel_callbacks.pop(request.command.message_id or 0, None)
         while self._queue and self._inflight is None:
             self._run(self._queue.popleft())
         if self._reading_paused and not self._queue and self.transport is not None:
@@ -385,7 +421,13 @@ class AssociationProtocol(asyncio.Protocol):
 
     # ------------------------------------------------------------ DIMSE out
 
-    def send_message(self, context_id: int, command: Command, dataset: bytes | None = None) -> None:
+    def next_message_id(self) -> int:
+        """A Message ID for a request of ours (PS3.7 9.1.1.1: unique among outstanding requests)."""
+        return next(self._message_ids) & 0xFFFF or next(self._message_ids)
+
+    def send_message(
+        self, context_id: int, command: Command, dataset: bytes | memoryview | None = None
+    ) -> None:
         """Fragment and send one DIMSE message on a presentation context."""
         if self.ul.state not in (State.Sta6, State.Sta8):
             raise AssociationClosed(f"cannot send in {self.ul.state.name}")

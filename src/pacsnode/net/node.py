@@ -9,6 +9,7 @@ import signal
 from pacsnode import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from pacsnode.archive.ingest import Archive
 from pacsnode.config.settings import Settings
+from pacsnode.net.client import open_association
 from pacsnode.net.server import DicomServer
 from pacsnode.services.catalog import default_registry
 
@@ -23,7 +24,7 @@ class Node:
         self.archive = Archive(settings)
         self.server = DicomServer(
             ae_title=settings.node.aet,
-            registry=default_registry(settings, self.archive),
+            registry=default_registry(settings, self.archive, connector=open_association),
             network=settings.network,
             implementation_class_uid=IMPLEMENTATION_CLASS_UID,
             implementation_version_name=IMPLEMENTATION_VERSION_NAME,

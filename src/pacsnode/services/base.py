@@ -16,6 +16,24 @@ class Responder(Protocol):
     def send(self, command: Command, dataset: bytes | None = None) -> None:
         """Queue a DIMSE message on the request's presentation context."""
 
+    @property
+    def cancelled(self) -> bool:
+        """True once the peer sent C-CANCEL-RQ for this request (PS3.7 9.3.2.3)."""
+
+    def on_cancel(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (on the event loop) when a C-CANCEL-RQ for this request arrives."""
+
+    async def drain(self) -> None:
+        """Wait until the transport can take more (flow control for long answers)."""
+
+    async def sub_request(
+        self, context_id: int, command: Command, dataset: bytes | memoryview | None = None
+    ) -> tuple[Command, bytes | None]:
+        """Send a request of ours on this association (C-GET's C-STORE) and await its response."""
+
+    def next_message_id(self) -> int:
+        """A Message ID for a sub-operation request, unique on this association."""
+
 
 class DataSetSink(Protocol):
     """Where the fragments of an incoming data set go while they arrive (bounded memory)."""

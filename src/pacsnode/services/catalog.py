@@ -5,20 +5,27 @@ from __future__ import annotations
 from pacsnode.archive.ingest import Archive
 from pacsnode.config.settings import Settings
 from pacsnode.services.base import ServiceRegistry
+from pacsnode.services.query_retrieve import Connector, query_retrieve_services
 from pacsnode.services.storage import storage_service
 from pacsnode.services.verification import verification_service
 
 
 def default_registry(
-    settings: Settings, archive: Archive | None = None, *, describe_storage: bool = False
+    settings: Settings,
+    archive: Archive | None = None,
+    *,
+    describe_storage: bool = False,
+    connector: Connector | None = None,
 ) -> ServiceRegistry:
     """Every service class this node offers with these settings.
 
-    Storage is served when an archive is given; ``describe_storage`` lists it
-    without one, for the conformance statement of a node that is not running.
+    Storage and Query/Retrieve are served when an archive is given;
+    ``describe_storage`` lists them without one, for the conformance statement of
+    a node that is not running.  ``connector`` opens C-MOVE sub-associations.
     """
     registry = ServiceRegistry()
     registry.register(verification_service())
     if archive is not None or describe_storage:
         registry.register(storage_service(archive, settings.storage.private_sop_classes))
+        registry.extend(query_retrieve_services(archive, settings, connector))
     return registry

@@ -111,8 +111,10 @@ def storage_service(archive: Archive | None, private_sop_classes: list[str]) -> 
         sop_classes=storage_sop_classes() + private,
         transfer_syntaxes=storage_transfer_syntaxes(),
         scp=True,
-        scu=False,
+        scu=True,  # as C-MOVE and C-GET sub-operations
         handler=StorageSCP(archive) if archive is not None else None,
+        # PS3.7 D.3.3.4: a C-GET SCU takes the SCP role for the classes it retrieves.
+        requestor_may_be_scp=True,
         notes=(
             "Every instance is stored exactly as received, in the negotiated transfer syntax, "
             "behind new File Meta Information (our Implementation Class UID and Version Name, the "

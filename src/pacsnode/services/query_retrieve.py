@@ -1,0 +1,696 @@
+"""PS3.4 Annex C: the Query/Retrieve service class as SCP: C-FIND, C-MOVE and C-GET over one engine."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import warnings
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydicom.charset import convert_encodings, encode_string
+from pydicom.dataset import Dataset
+from pydicom.valuerep import PersonName
+
+from pacsnode.archive.ingest import Archive
+from pacsnode.archive.qr_model import FAILED_SOP_INSTANCE_UID_LIST, MODELS, QueryOptions
+from pacsnode.archive.query import InstanceRef, PreparedQuery, QueryEngine, QueryError, prepare
+from pacsnode.config.settings import Settings
+from pacsnode.data.part10 import layout_of
+from pacsnode.data.transcode import TranscodeError, decode, encode, transcode
+from pacsnode.data.uids import (
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    PATIENT_ROOT_FIND,
+    PATIENT_ROOT_GET,
+    PATIENT_ROOT_MOVE,
+    STUDY_ROOT_FIND,
+    STUDY_ROOT_GET,
+    STUDY_ROOT_MOVE,
+)
+from pacsnode.dimse.commands import Command, CommandField, Priority
+from pacsnode.dimse.messages import c_store_rq, response_to
+from pacsnode.dimse.status import Status, StatusCategory, category
+from pacsnode.services.base import (
+    DataSetSink,
+    DimseRequest,
+    Responder,
+    ServiceRegistration,
+    SOPClass,
+)
+from pacsnode.ul.negotiation import Negotiated, NegotiatedContext, ProposedContext
+
+log = logging.getLogger("pacsnode.qr")
+
+_UNCOMPRESSED = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
+_MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: odd context IDs 1..255
+_READ_CHUNK = 1 << 20
+_WINDOW = 64  # answers encoded ahead of the network
+_DONE = object()
+_CANCEL = object()
+
+
+# ---------------------------------------------------------------- ports (injected by the net layer)
+
+
+class StoreOutcome(Protocol):
+    """What a C-STORE sub-operation answered."""
+
+    @property
+    def status(self) -> int:
+        """The C-STORE-RSP status."""
+
+
+class StoreAssociation(Protocol):
+    """An association to a C-MOVE destination, as the net layer's client offers it."""
+
+    @property
+    def negotiated(self) -> Negotiated:
+        """The accepted presentation contexts."""
+
+    def store(
+        self,
+        dataset: bytes | Iterable[bytes],
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax: str,
+        *,
+        move_originator: tuple[str, int] | None = None,
+        priority: int = Priority.MEDIUM,
+    ) -> Awaitable[StoreOutcome]:
+        """C-STORE one data set."""
+
+    def release(self, timeout: float | None = 30.0) -> Awaitable[None]:
+        """A-RELEASE."""
+
+    def abort(self) -> None:
+        """A-ABORT."""
+
+
+class Connector(Protocol):
+    """Opens an association (the net layer's ``open_association``)."""
+
+    def __call__(
+        self,
+        host: str,
+        port: int,
+        *,
+        called_ae_title: str,
+        calling_ae_title: str,
+        contexts: Sequence[ProposedContext],
+        connect_timeout: float,
+        acse_timeout: float,
+        dimse_timeout: float | None,
+    ) -> Awaitable[StoreAssociation]:
+        """Connect and negotiate."""
+
+
+# ---------------------------------------------------------------- identifiers
+
+
+def decode_identifier(data: bytes | None, transfer_syntax: str) -> Dataset:
+    """The request's Identifier; raise QueryError (A900) when it cannot be parsed."""
+    if not data:
+        raise QueryError(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "the request carries no Identifier")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = decode(data, transfer_syntax)
+            for elem in ds:  # force parsing (and decoding) of every element now
+                _ = elem.value
+    except Exception as exc:
+        raise QueryError(
+            Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, f"the Identifier cannot be parsed: {exc}"
+        ) from None
+    return ds
+
+
+def _texts(ds: Dataset) -> Iterator[str]:
+    for elem in ds:
+        if elem.VR == "SQ":
+            for item in elem.value or []:
+                yield from _texts(item)
+        elif elem.VR in ("PN", "LO", "SH", "ST", "LT", "UC", "UT") and elem.value is not None:
+            values = (
+                elem.value
+                if isinstance(elem.value, list | tuple) or hasattr(elem.value, "_list")
+                else [elem.value]
+            )
+            for v in values:
+                yield str(v)
+
+
+def _encodable(texts: list[str], charset: Sequence[str]) -> bool:
+    encodings = convert_encodings(list(charset))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            for text in texts:
+                encode_string(text, encodings)
+    except Exception:
+        return False
+    return True
+
+
+def choose_charset(answer: Dataset, requested: Sequence[str]) -> list[str] | None:
+    """PS3.4 C.4.1.1.3.1: answer in the request's character set when it can carry every value, else UTF-8."""
+    texts = list(_texts(answer))
+    if all(t.isascii() for t in texts):
+        return list(requested) if requested and any(requested) else None
+    if requested and any(requested) and _encodable(texts, requested):
+        return list(requested)
+    return ["ISO_IR 192"]
+
+
+def encode_answer(answer: Dataset, transfer_syntax: str, requested: Sequence[str]) -> bytes:
+    """A response identifier in the context's transfer syntax and a character set that holds it."""
+    charset = choose_charset(answer, requested)
+    if charset is None:
+        if "SpecificCharacterSet" in answer:
+            del answer.SpecificCharacterSet
+    else:
+        answer.SpecificCharacterSet = charset if len(charset) > 1 else charset[0]
+    for elem in answer.iterall():
+        if elem.VR == "PN" and isinstance(elem.value, PersonName):
+            elem.value = str(elem.value)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return encode(answer, transfer_syntax)
+
+
+def _requested_charset(identifier: Dataset) -> list[str]:
+    value = identifier.get("SpecificCharacterSet")
+    if value is None or value.value is None:
+        return []
+    raw = value.value
+    return [str(v) for v in raw] if isinstance(raw, list | tuple) or hasattr(raw, "_list") else [str(raw)]
+
+
+# ---------------------------------------------------------------- extended negotiation
+
+
+def find_extended_negotiation(_sop_class_uid: str, information: bytes) -> bytes:
+    """PS3.4 C.5.1.1: relational queries, combined date-time and fuzzy names yes; timezone no."""
+    supported = (1, 1, 1, 0)
+    return bytes(min(b, supported[i]) if i < len(supported) else 0 for i, b in enumerate(information[:4]))
+
+
+def retrieve_extended_negotiation(_sop_class_uid: str, information: bytes) -> bytes:
+    """PS3.4 C.5.2.1 / C.5.3.1: relational retrieval yes (a retrieve uses its level's unique key)."""
+    return bytes(min(b, 1) if i == 0 else 0 for i, b in enumerate(information[:2]))
+
+
+def options_of(association: Negotiated, sop_class_uid: str, case_insensitive_names: bool) -> QueryOptions:
+    """What this association agreed for a Q/R SOP class (the acceptor's answer holds)."""
+    info = association.extended_negotiation_accepted.get(sop_class_uid, b"")
+
+    def bit(i: int) -> bool:
+        return len(info) > i and info[i] == 1
+
+    return QueryOptions(
+        relational=bit(0),
+        combined_datetime=bit(1),
+        fuzzy_names=bit(2),
+        case_insensitive_names=case_insensitive_names,
+    )
+
+
+# ---------------------------------------------------------------- retrieval
+
+
+@dataclass
+class Counts:
+    """Sub-operation counts of a C-MOVE or C-GET (PS3.4 C.4.2.1.4)."""
+
+    remaining: int
+    completed: int = 0
+    failed: int = 0
+    warning: int = 0
+    failed_uids: list[str] = field(default_factory=list)
+
+    def fail(self, uid: str) -> None:
+        """One sub-operation failed."""
+        self.remaining -= 1
+        self.failed += 1
+        self.failed_uids.append(uid)
+
+    def record(self, status: int, uid: str) -> None:
+        """A C-STORE-RSP came back."""
+        kind = category(status)
+        if kind is StatusCategory.SUCCESS:
+            self.remaining -= 1
+            self.completed += 1
+        elif kind is StatusCategory.WARNING:
+            self.remaining -= 1
+            self.warning += 1
+        else:
+            self.fail(uid)
+
+    def fields(self, final: bool) -> dict[str, Any]:
+        """The count fields of a C-MOVE/C-GET-RSP; the final one has no Remaining (PS3.7 9.3.4.2)."""
+        out: dict[str, Any] = {
+            "number_of_completed_suboperations": self.completed,
+            "number_of_failed_suboperations": self.failed,
+            "number_of_warning_suboperations": self.warning,
+        }
+        if not final:
+            out["number_of_remaining_suboperations"] = self.remaining
+        return out
+
+
+def read_instance(store_root: Callable[[str], Path], ref: InstanceRef) -> tuple[Path, int]:
+    """The stored file of an instance and the offset of its data set."""
+    path = store_root(ref.path)
+    return path, layout_of(path).dataset_offset
+
+
+def _chunks(path: Path, offset: int) -> Iterator[bytes]:
+    with path.open("rb") as fh:
+        fh.seek(offset)
+        while chunk := fh.read(_READ_CHUNK):
+            yield chunk
+
+
+def plan_contexts(refs: Sequence[InstanceRef]) -> list[list[ProposedContext]]:
+    """Presentation contexts for a C-MOVE sub-association: each stored syntax, and uncompressed.
+
+    More than 128 contexts are split over several associations (PS3.8 9.3.2.2).
+    """
+    wanted: dict[tuple[str, tuple[str, ...]], None] = {}
+    for ref in refs:
+        if ref.transfer_syntax_uid not in _UNCOMPRESSED:
+            wanted[(ref.sop_class_uid, (ref.transfer_syntax_uid,))] = None
+        # PS3.4 C.4.2.3.1: the SCP may convert; uncompressed is what every SCP accepts.
+        wanted[(ref.sop_class_uid, _UNCOMPRESSED)] = None
+    contexts = [ProposedContext(sop, ts) for sop, ts in wanted]
+    return [contexts[i : i + _MAX_CONTEXTS] for i in range(0, len(contexts), _MAX_CONTEXTS)] or [[]]
+
+
+def choose_context(
+    contexts: Iterable[NegotiatedContext], ref: InstanceRef, *, requestor_scp: bool = False
+) -> NegotiatedContext | None:
+    """The accepted context to send an instance on: its own syntax first, else an uncompressed one."""
+    usable = [
+        c
+        for c in contexts
+        if c.abstract_syntax == ref.sop_class_uid and (not requestor_scp or c.requestor_is_scp)
+    ]
+    for ctx in usable:
+        if ctx.transfer_syntax == ref.transfer_syntax_uid:
+            return ctx
+    for ts in _UNCOMPRESSED:
+        for ctx in usable:
+            if ctx.transfer_syntax == ts:
+                return ctx
+    return None
+
+
+# ---------------------------------------------------------------- the SCP
+
+
+class QueryRetrieveSCP:
+    """C-FIND, C-MOVE and C-GET SCP for the Patient Root and Study Root models (PS3.4 C.4)."""
+
+    def __init__(self, archive: Archive, settings: Settings, connector: Connector | None = None) -> None:
+        self.archive = archive
+        self.settings = settings
+        self.connector = connector
+        self.engine = QueryEngine(archive.index, archive.store.absolute, settings.node.aet)
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pacsnode-query")
+
+    def sink_for(
+        self, command: Command, context: NegotiatedContext, association: Negotiated
+    ) -> DataSetSink | None:
+        """Identifiers are small: in memory."""
+        return None
+
+    def handle(self, request: DimseRequest, responder: Responder) -> Awaitable[None] | None:
+        """Dispatch on the command and the model of the context."""
+        cmd = request.command
+        sop = request.context.abstract_syntax
+        model = MODELS.get(sop)
+        expected = {
+            "find": CommandField.C_FIND_RQ,
+            "move": CommandField.C_MOVE_RQ,
+            "get": CommandField.C_GET_RQ,
+        }
+        if model is None or cmd.command_field != expected[model[1]]:
+            # PS3.7 Annex C (0211H): not a command of this SOP class.
+            responder.send(response_to(cmd, Status.UNRECOGNIZED_OPERATION))
+            return None
+        root, operation = model
+        options = options_of(request.association, sop, self.settings.query.case_insensitive_names)
+        try:
+            identifier = decode_identifier(request.dataset, request.context.transfer_syntax)
+            query = prepare(identifier, root, options, retrieve=operation != "find")
+        except QueryError as exc:
+            log.info(
+                "%s: %s refused (0x%04X): %s",
+                request.association.calling_ae_title,
+                cmd.command_field.name if hasattr(cmd.command_field, "name") else cmd.command_field,
+                exc.status,
+                exc.comment,
+            )
+            responder.send(self._failure(cmd, exc))
+            return None
+        if operation == "find":
+            return self._find(request, responder, query, _requested_charset(identifier))
+        if operation == "move":
+            return self._move(request, responder, query)
+        return self._get(request, responder, query)
+
+    @staticmethod
+    def _failure(cmd: Command, exc: QueryError) -> Command:
+        fields: dict[str, Any] = {"error_comment": exc.comment[:1024]}
+        if exc.offending:
+            fields["offending_element"] = exc.offending[:16]
+        return response_to(cmd, exc.status, **fields)
+
+    # ------------------------------------------------------------ C-FIND
+
+    async def _find(
+        self, request: DimseRequest, responder: Responder, query: PreparedQuery, charset: list[str]
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        stop = threading.Event()
+        window = threading.Semaphore(_WINDOW)
+        ts = request.context.transfer_syntax
+        limit = self.settings.query.max_results
+
+        def cancel() -> None:
+            stop.set()
+            queue.put_nowait(_CANCEL)
+
+        responder.on_cancel(cancel)
+
+        def produce() -> None:
+            try:
+                for answer in self.engine.find(query, stop, limit):
+                    data = encode_answer(answer, ts, charset)
+                    while not window.acquire(timeout=0.5):
+                        if stop.is_set():
+                            return
+                    if stop.is_set():
+                        return
+                    loop.call_soon_threadsafe(queue.put_nowait, data)
+                loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+            except BaseException as exc:
+                if not stop.is_set():
+                    loop.call_soon_threadsafe(queue.put_nowait, exc)
+
+        producer = loop.run_in_executor(self._pool, produce)
+        cmd = request.command
+        matches = 0
+        try:
+            while True:
+                item = await queue.get()
+                if item is _CANCEL or responder.cancelled:
+                    # PS3.4 C.4.1.2.3: a C-CANCEL ends the matches with status Cancel.
+                    responder.send(response_to(cmd, Status.CANCEL))
+                    log.info("C-FIND cancelled after %d matches", matches)
+                    return
+                if item is _DONE:
+                    responder.send(response_to(cmd, Status.SUCCESS))
+                    return
+                if isinstance(item, BaseException):
+                    log.error("C-FIND failed: %s", item, exc_info=item)
+                    responder.send(response_to(cmd, 0xC001, error_comment=f"query failed: {item}"[:1024]))
+                    return
+                assert isinstance(item, bytes)
+                responder.send(response_to(cmd, Status.PENDING, has_dataset=True), item)
+                matches += 1
+                window.release()
+                await responder.drain()
+        finally:
+            stop.set()
+            window.release()
+            producer.add_done_callback(lambda f: f.exception())
+
+    # ------------------------------------------------------------ C-MOVE
+
+    async def _instances(self, query: PreparedQuery, responder: Responder) -> list[InstanceRef]:
+        stop = threading.Event()
+        responder.on_cancel(stop.set)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self.engine.instances, query, stop)
+
+    def _final(self, cmd: Command, responder: Responder, counts: Counts, cancelled: bool, ts: str) -> None:
+        # PS3.4 C.4.2.1.5 / C.4.3.1.4: Success, B000 with failures or warnings, A702 when none
+        # could be done, FE00 when cancelled; a Failed SOP Instance UID List with failures.
+        if cancelled:
+            status = Status.CANCEL
+        elif counts.failed and not counts.completed and not counts.warning:
+            status = Status.OUT_OF_RESOURCES_SUBOPERATIONS
+        elif counts.failed or counts.warning:
+            status = Status.SUBOPERATIONS_COMPLETE_WITH_FAILURES
+        else:
+            status = Status.SUCCESS
+        fields = counts.fields(final=not cancelled)
+        if counts.failed_uids:
+            ident = Dataset()
+            ident.add_new(FAILED_SOP_INSTANCE_UID_LIST, "UI", counts.failed_uids)
+            responder.send(response_to(cmd, status, has_dataset=True, **fields), encode(ident, ts))
+        else:
+            responder.send(response_to(cmd, status, **fields))
+
+    async def _move(self, request: DimseRequest, responder: Responder, query: PreparedQuery) -> None:
+        cmd = request.command
+        destination = (cmd.move_destination or "").strip()
+        peer = self.settings.peers.get(destination)
+        if peer is None or self.connector is None:
+            # PS3.4 C.4.2.1.5: A801, the destination is not one we know.
+            log.info("C-MOVE to unknown destination %r refused", destination)
+            responder.send(
+                response_to(
+                    cmd,
+                    Status.MOVE_DESTINATION_UNKNOWN,
+                    error_comment=f"unknown move destination {destination!r} (no [peers.{destination}])",
+                )
+            )
+            return
+        refs = await self._instances(query, responder)
+        counts = Counts(len(refs))
+        ts = request.context.transfer_syntax
+        if not refs:
+            self._final(cmd, responder, counts, responder.cancelled, ts)
+            return
+        originator = (request.association.calling_ae_title, cmd.message_id or 0)
+        timeout = self.settings.query.move_timeout
+        queue = list(refs)
+        for contexts in plan_contexts(refs):
+            sops = {c.abstract_syntax for c in contexts}
+            batch = [r for r in queue if r.sop_class_uid in sops]
+            queue = [r for r in queue if r.sop_class_uid not in sops]
+            if responder.cancelled:
+                break
+            try:
+                assoc = await self.connector(
+                    peer.host,
+                    peer.port,
+                    called_ae_title=destination,
+                    calling_ae_title=self.settings.node.aet,
+                    contexts=contexts,
+                    connect_timeout=timeout,
+                    acse_timeout=timeout,
+                    dimse_timeout=timeout,
+                )
+            except Exception as exc:
+                log.warning(
+                    "C-MOVE: cannot associate with %s at %s:%d: %s", destination, peer.host, peer.port, exc
+                )
+                for ref in batch:
+                    counts.fail(ref.sop_instance_uid)
+                continue
+            try:
+                for i, ref in enumerate(batch):
+                    if responder.cancelled:
+                        break
+                    try:
+                        status = await self._store_to(assoc, ref, originator)
+                    except Exception as exc:  # the destination went away: the rest fail
+                        log.warning("C-MOVE to %s: sub-operation failed: %s", destination, exc)
+                        for rest in batch[i:]:
+                            counts.fail(rest.sop_instance_uid)
+                        break
+                    if status is None:
+                        counts.fail(ref.sop_instance_uid)
+                    else:
+                        counts.record(status, ref.sop_instance_uid)
+                    responder.send(response_to(cmd, Status.PENDING, **counts.fields(final=False)))
+                    await responder.drain()
+            finally:
+                try:
+                    await assoc.release(timeout)
+                except Exception:
+                    assoc.abort()
+        self._final(cmd, responder, counts, responder.cancelled, ts)
+
+    async def _store_to(
+        self, assoc: StoreAssociation, ref: InstanceRef, originator: tuple[str, int]
+    ) -> int | None:
+        ctx = choose_context(assoc.negotiated.contexts.values(), ref)
+        if ctx is None:
+            log.info("C-MOVE: destination accepts no context for %s", ref.sop_class_uid)
+            return None
+        data = await self._payload(ref, ctx.transfer_syntax)
+        if data is None:
+            return None
+        outcome = await assoc.store(
+            data, ref.sop_class_uid, ref.sop_instance_uid, ctx.transfer_syntax, move_originator=originator
+        )
+        return outcome.status
+
+    async def _payload(self, ref: InstanceRef, transfer_syntax: str) -> bytes | Iterator[bytes] | None:
+        loop = asyncio.get_running_loop()
+        path, offset = await loop.run_in_executor(self._pool, read_instance, self.archive.store.absolute, ref)
+        if transfer_syntax == ref.transfer_syntax_uid:
+            if ref.size - offset <= _READ_CHUNK:
+                return await loop.run_in_executor(self._pool, _read_from, path, offset)
+            return _chunks(path, offset)
+        try:
+            raw = await loop.run_in_executor(self._pool, _read_from, path, offset)
+            return await loop.run_in_executor(
+                self._pool, transcode, raw, ref.transfer_syntax_uid, transfer_syntax
+            )
+        except (TranscodeError, OSError) as exc:
+            log.warning("cannot convert %s to %s: %s", ref.sop_instance_uid, transfer_syntax, exc)
+            return None
+
+    # ------------------------------------------------------------ C-GET
+
+    async def _get(self, request: DimseRequest, responder: Responder, query: PreparedQuery) -> None:
+        cmd = request.command
+        refs = await self._instances(query, responder)
+        counts = Counts(len(refs))
+        contexts = list(request.association.contexts.values())
+        for ref in refs:
+            if responder.cancelled:
+                break
+            # PS3.4 C.4.3.3.1: sub-operations go on contexts where the SCU took the SCP role.
+            ctx = choose_context(contexts, ref, requestor_scp=True)
+            data = None if ctx is None else await self._payload(ref, ctx.transfer_syntax)
+            if ctx is None or data is None:
+                counts.fail(ref.sop_instance_uid)
+            else:
+                if not isinstance(data, bytes):
+                    data = b"".join(data)
+                store = c_store_rq(
+                    responder.next_message_id(), ref.sop_class_uid, ref.sop_instance_uid, cmd.priority or 0
+                )
+                rsp, _ = await responder.sub_request(ctx.context_id, store, data)
+                counts.record(rsp.status if rsp.status is not None else 0xC000, ref.sop_instance_uid)
+            responder.send(response_to(cmd, Status.PENDING, **counts.fields(final=False)))
+            await responder.drain()
+        self._final(cmd, responder, counts, responder.cancelled, request.context.transfer_syntax)
+
+
+def _read_from(path: Path, offset: int) -> bytes:
+    with path.open("rb") as fh:
+        fh.seek(offset)
+        return fh.read()
+
+
+# ---------------------------------------------------------------- registrations
+
+_FIND = (
+    SOPClass(PATIENT_ROOT_FIND, "Patient Root Query/Retrieve Information Model - FIND"),
+    SOPClass(STUDY_ROOT_FIND, "Study Root Query/Retrieve Information Model - FIND"),
+)
+_MOVE = (
+    SOPClass(PATIENT_ROOT_MOVE, "Patient Root Query/Retrieve Information Model - MOVE"),
+    SOPClass(STUDY_ROOT_MOVE, "Study Root Query/Retrieve Information Model - MOVE"),
+)
+_GET = (
+    SOPClass(PATIENT_ROOT_GET, "Patient Root Query/Retrieve Information Model - GET"),
+    SOPClass(STUDY_ROOT_GET, "Study Root Query/Retrieve Information Model - GET"),
+)
+
+
+def query_retrieve_services(
+    archive: Archive | None, settings: Settings, connector: Connector | None = None
+) -> list[ServiceRegistration]:
+    """The Query/Retrieve SOP classes, SCP: FIND, MOVE and GET of both roots."""
+    handler = QueryRetrieveSCP(archive, settings, connector) if archive is not None else None
+    common = {"transfer_syntaxes": _UNCOMPRESSED, "scp": True, "scu": True, "handler": handler}
+    return [
+        ServiceRegistration(
+            name="Query/Retrieve - FIND",
+            standard="PS3.4 Annex C",
+            sop_classes=_FIND,
+            negotiate_extended=find_extended_negotiation,
+            extended_negotiation=(
+                "Relational queries, combined date and time range matching and fuzzy semantic "
+                "matching of person names are accepted when proposed; timezone adjustment is not."
+            ),
+            notes=(
+                "Patient Root and Study Root, every level. Matching per PS3.4 C.2.2.2: single value, "
+                "universal, wildcard (* and ?), date/time/datetime ranges, lists of UIDs, sequence "
+                "matching. Person names match any component group and, by default, ignore case and "
+                "accents ([query] case_insensitive_names). Keys the index holds are matched in SQL; "
+                "any other key is matched and returned from one stored instance of each entity. "
+                "Pending responses stream as the database yields rows; C-CANCEL stops at once."
+            ),
+            status_codes=(
+                (Status.PENDING, "One match, with its identifier."),
+                (Status.SUCCESS, "All matches were sent."),
+                (Status.CANCEL, "A C-CANCEL-RQ stopped the matches."),
+                (
+                    Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+                    "No or an invalid Query/Retrieve Level, a key below the level (hierarchical), "
+                    "or an Identifier that cannot be parsed.",
+                ),
+                (0xC000, "A key value no matching rule accepts (too long, not a date, ...)."),
+                (0xC001, "The index failed while answering."),
+            ),
+            **common,  # type: ignore[arg-type]
+        ),
+        ServiceRegistration(
+            name="Query/Retrieve - MOVE",
+            standard="PS3.4 Annex C",
+            sop_classes=_MOVE,
+            negotiate_extended=retrieve_extended_negotiation,
+            extended_negotiation="Relational retrieval is accepted when proposed.",
+            notes=(
+                "Destinations come from [peers.AETITLE] in the configuration. One sub-association per "
+                "128 presentation contexts, proposing each stored transfer syntax and the uncompressed "
+                "ones; an instance the destination accepts in neither is converted (decompressed) when "
+                "pydicom can decode it. Pending responses carry the sub-operation counts."
+            ),
+            status_codes=(
+                (Status.PENDING, "After each sub-operation, with the counts."),
+                (Status.SUCCESS, "Every sub-operation succeeded (or there was nothing to move)."),
+                (Status.SUBOPERATIONS_COMPLETE_WITH_FAILURES, "Some sub-operations failed or warned."),
+                (Status.OUT_OF_RESOURCES_SUBOPERATIONS, "No sub-operation succeeded (destination down)."),
+                (Status.MOVE_DESTINATION_UNKNOWN, "The Move Destination is not a configured peer."),
+                (Status.CANCEL, "A C-CANCEL-RQ stopped the sub-operations."),
+                (Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "No unique key of the retrieve level."),
+            ),
+            **common,  # type: ignore[arg-type]
+        ),
+        ServiceRegistration(
+            name="Query/Retrieve - GET",
+            standard="PS3.4 Annex C",
+            sop_classes=_GET,
+            negotiate_extended=retrieve_extended_negotiation,
+            extended_negotiation="Relational retrieval is accepted when proposed.",
+            notes=(
+                "C-STORE sub-operations go on the same association, on the Storage contexts for which "
+                "the SCU took the SCP role (SCP/SCU Role Selection, PS3.7 D.3.3.4); an instance is sent "
+                "in its stored transfer syntax or converted to an accepted uncompressed one."
+            ),
+            status_codes=(
+                (Status.PENDING, "After each sub-operation, with the counts."),
+                (Status.SUCCESS, "Every sub-operation succeeded (or there was nothing to get)."),
+                (Status.SUBOPERATIONS_COMPLETE_WITH_FAILURES, "Some sub-operations failed or warned."),
+                (Status.OUT_OF_RESOURCES_SUBOPERATIONS, "No sub-operation succeeded."),
+                (Status.CANCEL, "A C-CANCEL-RQ stopped the sub-operations."),
+                (Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "No unique key of the retrieve level."),
+            ),
+            **common,  # type: ignore[arg-type]
+        ),
+    ]
