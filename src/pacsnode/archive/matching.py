@@ -120,7 +120,7 @@ def classify(tag: int, vr: str, value: str | None) -> Matcher:
         for bound in (low, high):
             if bound:
                 _check_format(tag, vr, bound)
-        if low and high and low > high:
+        if low and high and low > high and vr != "TM":  # a time range may wrap (combined matching)
             raise InvalidKey(tag, f"range {text!r} ends before it starts")
         return Matcher(Kind.RANGE, vr, low=low, high=high)
     values = tuple(v.strip(" ") for v in text.split("\\")) if vr not in ("LT", "ST", "UT") else (text,)

@@ -22,6 +22,7 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
 from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 from sqlalchemy.sql.expression import ColumnClause
@@ -178,9 +179,7 @@ def _text_of(elem: DataElement) -> str | None:
         return None
     if isinstance(value, bytes):
         return value.decode("latin-1")
-    if isinstance(value, str):
-        return value
-    if hasattr(value, "__iter__"):
+    if isinstance(value, MultiValue | list | tuple):
         return "\\".join(str(v) for v in value)
     return str(value)
 
