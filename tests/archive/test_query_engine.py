@@ -158,7 +158,7 @@ def find(
     if level != "PATIENT" and "StudyInstanceUID" not in ds:
         ds.StudyInstanceUID = ""  # a return key, for the labels
     query = prepare(ds, root, options or QueryOptions())
-    return list(archive.engine.find(query))
+    return [answer.dataset() for answer in archive.engine.find(query)]
 
 
 def labels(archive: Archive, answers: list[Dataset], tag: str = "StudyInstanceUID") -> set[str]:
@@ -370,7 +370,7 @@ def test_thousands_of_keys_are_answered(archive: Archive) -> None:
             count += 1
     assert count > 1000
     query = prepare(ds, "STUDY", QueryOptions())
-    answers = list(archive.engine.find(query))
+    answers = [answer.dataset() for answer in archive.engine.find(query)]
     assert labels(archive, answers, "SOPInstanceUID") == {"S2/MR/1", "S2/MR/2"}
     assert all(len(a) >= count for a in answers)
 
@@ -383,7 +383,7 @@ def test_cancel_stops_the_rows(archive: Archive) -> None:
     ds.QueryRetrieveLevel = "STUDY"
     ds.StudyInstanceUID = ""
     rows = archive.engine.find(prepare(ds, "STUDY", QueryOptions()), stop)
-    first = next(rows)
+    first = next(rows).dataset()
     assert first.StudyInstanceUID
     stop.set()
     assert list(rows) == []

@@ -16,6 +16,7 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,6 @@ from pacsnode.archive.qr_model import (
     QUERY_RETRIEVE_LEVEL,
     RETRIEVE_AE_TITLE,
     SERIES,
-    SPECIFIC_CHARACTER_SET,
     STUDY,
     UNIQUE_KEY,
     QueryOptions,
@@ -299,11 +299,14 @@ def _text_condition(column: Any, matcher: Matcher, kind: str) -> ColumnElement[b
             parts.append(column <= matcher.high + "~")
         return and_(*parts)
     if kind == "int":
-        return column.in_([int(v) for v in matcher.values])  # type: ignore[no-any-return]
+        numbers = [int(v) for v in matcher.values]
+        return column == numbers[0] if len(numbers) == 1 else column.in_(numbers)  # type: ignore[no-any-return]
     if matcher.vr in ("TM", "DT"):
         return or_(*(and_(column >= v, column <= v + "~") for v in matcher.values))
     if matcher.kind is Kind.WILDCARD:
         return or_(*(_like(column, v) for v in matcher.values))
+    if len(matcher.values) == 1:
+        return column == matcher.values[0]  # type: ignore[no-any-return]
     return column.in_(list(matcher.values))  # type: ignore[no-any-return]
 
 
@@ -407,12 +410,11 @@ def _patient_counts() -> dict[int, Any]:
     }
 
 
-def build_select(query: PreparedQuery) -> Select[Any]:
-    """The SELECT for a prepared query: the level's rows joined to their parents, filtered."""
-    level = query.level
+@lru_cache(maxsize=512)
+def _base_select(level: str, wanted: frozenset[int], needs_file: bool) -> Select[Any]:
+    """The columns and joins of a level's SELECT (built once per shape: construction costs)."""
     source = _joined(_UPWARD[_UPWARD.index(level) :])
     columns: list[Any] = [_TABLES[level].c.id.label("entity_id")]
-    wanted = {k.tag for k in query.keys}
     for tag, spec in COLUMNS.items():
         if DEPTH[spec.level] <= DEPTH[level] and (tag in wanted or spec.kind == "pn"):
             columns.append(_col(tag).label(f"c_{tag:08x}"))
@@ -420,9 +422,20 @@ def build_select(query: PreparedQuery) -> Select[Any]:
         for tag, expr in _patient_counts().items():
             if tag in wanted:
                 columns.append(expr.label(f"c_{tag:08x}"))
-    if query.needs_file:
+    if needs_file:
         columns.append(_representative_path(level).label("rep_path"))
-    stmt = select(*columns).select_from(source)
+    return select(*columns).select_from(source)
+
+
+def build_select(query: PreparedQuery) -> Select[Any]:
+    """The SELECT for a prepared query: the level's rows joined to their parents, filtered.
+
+    No ORDER BY: C-FIND answers in no particular order (PS3.4 C.4.1.2.3), and a sort
+    would hold the first answer back until the last row is read.
+    """
+    level = query.level
+    wanted = frozenset(k.tag for k in query.keys if k.tag in COLUMNS or k.tag in _PATIENT_COUNTS)
+    stmt = _base_select(level, wanted, query.needs_file)
     conditions, exact = _combined(query)
     below: list[ColumnElement[bool]] = []
     for key in query.keys:
@@ -455,13 +468,7 @@ def build_select(query: PreparedQuery) -> Select[Any]:
     if conditions:
         stmt = stmt.where(*conditions)
     query.sql_exact = exact
-    order = {
-        PATIENT: [patients.c.id],
-        STUDY: [studies.c.study_date, studies.c.id],
-        SERIES: [series.c.series_number, series.c.id],
-        IMAGE: [instances.c.instance_number, instances.c.id],
-    }[level]
-    return stmt.order_by(*order)
+    return stmt
 
 
 def _below_subquery(level: str, conditions: list[ColumnElement[bool]]) -> Select[Any]:
@@ -489,12 +496,16 @@ class QueryEngine:
 
     def find(
         self, query: PreparedQuery, cancelled: threading.Event | None = None, limit: int = 0
-    ) -> Iterator[Dataset]:
+    ) -> Iterator[Answer]:
         """Yield one response identifier per matching entity, as the database yields rows."""
         stmt = build_select(query)
         sent = 0
         with self.index.engine.connect() as conn:
-            result = conn.execution_options(yield_per=64).execute(stmt)
+            if conn.dialect.name != "sqlite":
+                # A server-side cursor: rows arrive as the server yields them (SQLite's
+                # cursor already steps lazily, and needs no extra round trips).
+                conn = conn.execution_options(yield_per=64)
+            result = conn.execute(stmt)
             try:
                 for row in result:
                     if cancelled is not None and cancelled.is_set():
@@ -593,43 +604,76 @@ class QueryEngine:
                 return False
         return True
 
-    def _answer(self, query: PreparedQuery, candidate: _Candidate) -> Dataset:
-        out = Dataset()
-        out.add_new(QUERY_RETRIEVE_LEVEL, "CS", query.level)
-        out.add_new(RETRIEVE_AE_TITLE, "AE", self.retrieve_ae_title)
+    def _answer(self, query: PreparedQuery, candidate: _Candidate) -> Answer:
+        out: dict[int, tuple[str, Any]] = {
+            QUERY_RETRIEVE_LEVEL: ("CS", query.level),
+            RETRIEVE_AE_TITLE: ("AE", self.retrieve_ae_title),
+        }
         for key in query.keys:
+            vr = key.vr if key.vr != "UN" else vr_of(key.tag)
             if key.level is not None and DEPTH[key.level] > DEPTH[query.level]:
-                out.add_new(key.tag, key.vr if key.vr != "UN" else vr_of(key.tag), None)
+                out[key.tag] = (vr, None)  # a relational key below the level: not returned
                 continue
-            out[key.tag] = self._element(query, candidate, key)
+            out[key.tag] = self._element(query, candidate, key, vr)
         if INSTANCE_AVAILABILITY in query.identifier:
             # PS3.3 C.4.23.1.1 (0008,0056): every stored instance is on line.
-            out.add_new(INSTANCE_AVAILABILITY, "CS", "ONLINE")
-        if SPECIFIC_CHARACTER_SET in query.identifier:
-            out.add_new(SPECIFIC_CHARACTER_SET, "CS", query.identifier[SPECIFIC_CHARACTER_SET].value)
-        return out
+            out[INSTANCE_AVAILABILITY] = ("CS", "ONLINE")
+        return Answer(out)
 
-    def _element(self, query: PreparedQuery, candidate: _Candidate, key: Key) -> DataElement:
+    def _element(self, query: PreparedQuery, candidate: _Candidate, key: Key, vr: str) -> tuple[str, Any]:
         tag = key.tag
-        vr = key.vr if key.vr != "UN" else vr_of(tag)
         if tag in COLUMNS or tag in _PATIENT_COUNTS:
             value = getattr(candidate.row, f"c_{tag:08x}", None)
             if tag in COLUMNS and COLUMNS[tag].kind == "multi":
                 parts = [p for p in str(value or "").split("\\") if p]
-                return DataElement(tag, vr, parts if len(parts) > 1 else (parts[0] if parts else None))
+                return vr, parts if len(parts) > 1 else (parts[0] if parts else None)
             if value is None or value == "":
-                return DataElement(tag, vr, None)
-            return DataElement(tag, vr, value if vr in ("US", "UL", "SS", "SL") else str(value))
+                return vr, None
+            return vr, value if vr in ("US", "UL", "SS", "SL") else str(value)
         stored = self._header(candidate).get(tag)
         if stored is None:
-            return DataElement(tag, vr, None)
+            return vr, None
         if key.matcher.kind is Kind.SEQUENCE:
             items = list(stored.value) if stored.VR == "SQ" and stored.value else []
             wanted = [t for t, _ in key.matcher.items]
             if wanted:
                 items = _matching_items(key.matcher, items, query.options)
-            return DataElement(tag, "SQ", DicomSequence([_reduce(item, wanted) for item in items]))
-        return _plain(stored)
+            return "SQ", DicomSequence([_reduce(item, wanted) for item in items])
+        plain = _plain(stored)
+        return str(plain.VR), plain.value
+
+
+@dataclass(slots=True)
+class Answer:
+    """One match: (VR, value) by tag; values are text, numbers, lists of them, or Sequences."""
+
+    elements: dict[int, tuple[str, Any]]
+
+    def items(self) -> list[tuple[int, str, Any]]:
+        """(tag, VR, value) in ascending tag order, as PS3.5 7.1 encodes them."""
+        return [(tag, vr, value) for tag, (vr, value) in sorted(self.elements.items())]
+
+    def texts(self) -> Iterator[str]:
+        """Every text value, sequences included (to choose the answer's character set)."""
+        for _tag, vr, value in self.items():
+            if vr == "SQ":
+                for item in value or []:
+                    yield from (str(v) for e in item.iterall() if e.VR != "SQ" for v in _as_list(e.value))
+            elif value is not None:
+                yield from (str(v) for v in _as_list(value))
+
+    def dataset(self) -> Dataset:
+        """The answer as a pydicom Dataset."""
+        out = Dataset()
+        for tag, vr, value in self.items():
+            out.add_new(tag, vr, value)
+        return out
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, MultiValue | list | tuple) else [value]
 
 
 def _plain(elem: DataElement) -> DataElement:
@@ -639,7 +683,7 @@ def _plain(elem: DataElement) -> DataElement:
     if vr == "PN":
         value = (
             [str(v) for v in value]
-            if isinstance(value, list | tuple) or hasattr(value, "_list")
+            if isinstance(value, MultiValue | list | tuple)
             else (str(value) if value is not None else None)
         )
     elif vr == "SQ":
@@ -688,6 +732,7 @@ def _matching_items(matcher: Matcher, items: list[Dataset], options: QueryOption
 
 __all__ = [
     "COLUMNS",
+    "Answer",
     "InstanceRef",
     "Key",
     "PreparedQuery",

@@ -14,12 +14,17 @@ from typing import Any, Protocol
 
 from pydicom.charset import convert_encodings, encode_string
 from pydicom.dataset import Dataset
-from pydicom.valuerep import PersonName
 
 from pacsnode.archive.ingest import Archive
-from pacsnode.archive.qr_model import FAILED_SOP_INSTANCE_UID_LIST, MODELS, QueryOptions
-from pacsnode.archive.query import InstanceRef, PreparedQuery, QueryEngine, QueryError, prepare
+from pacsnode.archive.qr_model import (
+    FAILED_SOP_INSTANCE_UID_LIST,
+    MODELS,
+    SPECIFIC_CHARACTER_SET,
+    QueryOptions,
+)
+from pacsnode.archive.query import Answer, InstanceRef, PreparedQuery, QueryEngine, QueryError, prepare
 from pacsnode.config.settings import Settings
+from pacsnode.data.elements import codec_of, encode_elements
 from pacsnode.data.part10 import layout_of
 from pacsnode.data.transcode import TranscodeError, decode, encode, transcode
 from pacsnode.data.uids import (
@@ -129,21 +134,6 @@ def decode_identifier(data: bytes | None, transfer_syntax: str) -> Dataset:
     return ds
 
 
-def _texts(ds: Dataset) -> Iterator[str]:
-    for elem in ds:
-        if elem.VR == "SQ":
-            for item in elem.value or []:
-                yield from _texts(item)
-        elif elem.VR in ("PN", "LO", "SH", "ST", "LT", "UC", "UT") and elem.value is not None:
-            values = (
-                elem.value
-                if isinstance(elem.value, list | tuple) or hasattr(elem.value, "_list")
-                else [elem.value]
-            )
-            for v in values:
-                yield str(v)
-
-
 def _encodable(texts: list[str], charset: Sequence[str]) -> bool:
     encodings = convert_encodings(list(charset))
     try:
@@ -156,9 +146,8 @@ def _encodable(texts: list[str], charset: Sequence[str]) -> bool:
     return True
 
 
-def choose_charset(answer: Dataset, requested: Sequence[str]) -> list[str] | None:
+def choose_charset(texts: list[str], requested: Sequence[str]) -> list[str] | None:
     """PS3.4 C.4.1.1.3.1: answer in the request's character set when it can carry every value, else UTF-8."""
-    texts = list(_texts(answer))
     if all(t.isascii() for t in texts):
         return list(requested) if requested and any(requested) else None
     if requested and any(requested) and _encodable(texts, requested):
@@ -166,20 +155,25 @@ def choose_charset(answer: Dataset, requested: Sequence[str]) -> list[str] | Non
     return ["ISO_IR 192"]
 
 
-def encode_answer(answer: Dataset, transfer_syntax: str, requested: Sequence[str]) -> bytes:
+def encode_answer(answer: Answer, transfer_syntax: str, requested: Sequence[str]) -> bytes:
     """A response identifier in the context's transfer syntax and a character set that holds it."""
-    charset = choose_charset(answer, requested)
+    charset = choose_charset(list(answer.texts()), requested)
+    elements = answer.elements
     if charset is None:
-        if "SpecificCharacterSet" in answer:
-            del answer.SpecificCharacterSet
+        elements.pop(SPECIFIC_CHARACTER_SET, None)
     else:
-        answer.SpecificCharacterSet = charset if len(charset) > 1 else charset[0]
-    for elem in answer.iterall():
-        if elem.VR == "PN" and isinstance(elem.value, PersonName):
-            elem.value = str(elem.value)
+        elements[SPECIFIC_CHARACTER_SET] = ("CS", charset if len(charset) > 1 else charset[0])
+    codec = codec_of(charset or [])
+    if codec is not None and transfer_syntax in _UNCOMPRESSED:
+        # The fast path: plain elements encoded directly (no pydicom objects).
+        data = encode_elements(
+            answer.items(), implicit=transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN, codec=codec
+        )
+        if data is not None:
+            return data
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return encode(answer, transfer_syntax)
+        return encode(answer.dataset(), transfer_syntax)
 
 
 def _requested_charset(identifier: Dataset) -> list[str]:

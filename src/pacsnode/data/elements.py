@@ -1,0 +1,96 @@
+"""PS3.5 7.1 and 6.1.2: plain data elements encoded in Little Endian without pydicom (answers, fast)."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+# PS3.5 7.1.2: VRs with a 2-byte reserved field and a 4-byte length in Explicit VR.
+_LONG_VRS = frozenset(("OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"))
+# PS3.5 6.1.2.3: the VRs whose text the Specific Character Set applies to.
+_CHARSET_VRS = frozenset(("SH", "LO", "ST", "LT", "UC", "UT", "PN"))
+_TEXT_VRS = frozenset(("AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI", "UR")) | _CHARSET_VRS
+_BINARY = {
+    "US": struct.Struct("<H"),
+    "UL": struct.Struct("<I"),
+    "SS": struct.Struct("<h"),
+    "SL": struct.Struct("<i"),
+}
+# PS3.3 C.12.1.1.2 defined terms -> Python codecs, for the single-byte and UTF-8 character sets
+# (code extensions, ISO 2022 ..., are left to pydicom).
+CODECS = {
+    "": "ascii",
+    "ISO_IR 6": "ascii",
+    "ISO_IR 100": "latin_1",
+    "ISO_IR 101": "iso8859_2",
+    "ISO_IR 109": "iso8859_3",
+    "ISO_IR 110": "iso8859_4",
+    "ISO_IR 144": "iso8859_5",
+    "ISO_IR 127": "iso8859_6",
+    "ISO_IR 126": "iso8859_7",
+    "ISO_IR 138": "iso8859_8",
+    "ISO_IR 148": "iso8859_9",
+    "ISO_IR 203": "iso8859_15",
+    "ISO_IR 166": "tis_620",
+    "ISO_IR 13": "shift_jis",
+    "ISO_IR 192": "utf_8",
+    "GB18030": "gb18030",
+    "GBK": "gbk",
+}
+_HEADER_SHORT = struct.Struct("<HH2sH")
+_HEADER_LONG = struct.Struct("<HH2s2xI")
+_HEADER_IMPLICIT = struct.Struct("<HHI")
+
+
+def codec_of(charset: Sequence[str]) -> str | None:
+    """The Python codec of a single character set (no code extensions), or None."""
+    terms = [t.strip() for t in charset] or [""]
+    if len(terms) > 1:
+        return None
+    return CODECS.get(terms[0])
+
+
+def _value_bytes(vr: str, value: Any, codec: str) -> bytes | None:
+    if value is None:
+        return b""
+    if vr in _BINARY:
+        values = value if isinstance(value, list | tuple) else [value]
+        return b"".join(_BINARY[vr].pack(int(v)) for v in values)
+    if vr not in _TEXT_VRS:
+        return None
+    text = "\\".join(str(v) for v in value) if isinstance(value, list | tuple) else str(value)
+    data = text.encode(codec if vr in _CHARSET_VRS else "ascii")
+    if len(data) % 2:
+        data += b"\0" if vr == "UI" else b" "  # PS3.5 6.2: padded to an even length
+    return data
+
+
+def encode_elements(
+    elements: Iterable[tuple[int, str, Any]], *, implicit: bool, codec: str = "ascii"
+) -> bytes | None:
+    """Encode (tag, VR, value) in ascending tag order; None when a value needs pydicom.
+
+    Values may be None (zero length), str, int, or a list of them; any other VR or
+    value type (sequences, binary data, floats) returns None, and so does text the
+    codec cannot encode.
+    """
+    out: list[bytes] = []
+    try:
+        for tag, vr, value in elements:
+            data = _value_bytes(vr, value, codec)
+            if data is None:
+                return None
+            group, element = tag >> 16, tag & 0xFFFF
+            if implicit:
+                out.append(_HEADER_IMPLICIT.pack(group, element, len(data)))
+            elif vr in _LONG_VRS:
+                out.append(_HEADER_LONG.pack(group, element, vr.encode("ascii"), len(data)))
+            else:
+                if len(data) > 0xFFFF:
+                    return None
+                out.append(_HEADER_SHORT.pack(group, element, vr.encode("ascii"), len(data)))
+            out.append(data)
+    except (UnicodeError, ValueError, TypeError):
+        return None
+    return b"".join(out)
