@@ -151,3 +151,32 @@ def test_settings_are_immutable():
     s = load_settings(None, None, environ={})
     with pytest.raises(ValueError):
         s.node.aet = "OTHER"  # type: ignore[misc]
+
+
+def test_peers_and_query_tables(tmp_path):
+    cfg = write(
+        tmp_path,
+        '[peers.STORESCP]\nhost = "127.0.0.1"\nport = 11113\n\n'
+        '[peers."WS 2"]\nhost = "10.0.0.2"\nport = 104\n\n'
+        "[query]\ncase_insensitive_names = false\nmax_results = 500\n",
+    )
+    s = load_settings(cfg, environ={})
+    assert s.peers["STORESCP"].host == "127.0.0.1" and s.peers["STORESCP"].port == 11113
+    assert s.peers["WS 2"].port == 104
+    assert s.query.case_insensitive_names is False and s.query.max_results == 500
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ('[peers.STORESCP]\nhost = "127.0.0.1"\n', "STORESCP"),  # no port
+        ('[peers.STORESCP]\nhost = "127.0.0.1"\nport = 70000\n', "port"),
+        ('[peers.STORESCP]\nhost = "h"\nport = 1\ncolour = "red"\n', "colour"),
+        ('[peers."A\\\\B"]\nhost = "h"\nport = 1\n', "peers"),  # backslash in an AE title
+        ('[peers."THIS_TITLE_IS_TOO_LONG"]\nhost = "h"\nport = 1\n', "peers"),
+    ],
+)
+def test_bad_peer_is_named(tmp_path, text, named):
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text), environ={})
+    assert named in str(info.value)

@@ -191,8 +191,13 @@ def load_settings(
             table = loc[0] if loc else "?"
             key = loc[1] if len(loc) > 1 else ""
             where = origin.get((table, key), f"[{table}] {key}".strip())
+            if len(loc) > 2:
+                # A nested table such as [peers.STORESCP]: name the key inside it too.
+                where = f"{where} {'.'.join(loc[2:])}"
             if err["type"] == "extra_forbidden":
                 where = origin.get((table, key), f"[{table}] {key}") if key else f"table [{table}]"
+                if len(loc) > 2:
+                    where = f"{where} {'.'.join(loc[2:])}"
                 problems.append(f"{where}: unknown setting")
             else:
                 problems.append(f"{where}: {err['msg']}")
