@@ -22,7 +22,7 @@ from pacsnode.archive.index import ArchiveIndex
 from pacsnode.archive.qr_model import QueryOptions
 from pacsnode.archive.query import QueryEngine, QueryError, build_select, prepare
 from pacsnode.archive.records import instance_record
-from pacsnode.data.transcode import encode
+from pacsnode.data.transcode import decode, encode
 from pacsnode.data.uids import EXPLICIT_VR_LITTLE_ENDIAN
 from pacsnode.services.query_retrieve import decode_identifier, encode_answer
 from peerkit import make_instance, new_uid
@@ -402,12 +402,12 @@ def test_answers_keep_the_query_character_set(archive: Archive) -> None:
         ds.QueryRetrieveLevel = "STUDY"
         ds.PatientName = name
         request = decode_identifier(encode(ds, EXPLICIT_VR_LITTLE_ENDIAN), EXPLICIT_VR_LITTLE_ENDIAN)
-        assert str(request.PatientName) == name
+        assert [v for tag, _, v in request if tag == 0x00100010] == [name]
         query = prepare(request, "STUDY", QueryOptions())
         (answer,) = archive.engine.find(query)
         wanted = [str(v) for v in (charset if isinstance(charset, list) else [charset])]
         data = encode_answer(answer, EXPLICIT_VR_LITTLE_ENDIAN, wanted)
-        back = decode_identifier(data, EXPLICIT_VR_LITTLE_ENDIAN)
+        back = decode(data, EXPLICIT_VR_LITTLE_ENDIAN)
         got = back.SpecificCharacterSet
         assert (list(got) if not isinstance(got, str) else [got]) == expected
         assert str(back.PatientName) == "Yamada^Tarou=山田^太郎=やまだ^たろう"

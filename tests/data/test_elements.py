@@ -47,3 +47,32 @@ def test_what_it_cannot_encode_goes_to_pydicom() -> None:
     assert encode_elements([(0x00189087, "FD", 1.5)], implicit=False) is None
     assert codec_of(["", "ISO 2022 IR 87"]) is None
     assert codec_of([]) == "ascii"
+
+
+@pytest.mark.parametrize("transfer_syntax", [EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN])
+def test_flat_decoding_agrees_with_pydicom(transfer_syntax: str) -> None:
+    from pacsnode.archive.query import elements_of
+    from pacsnode.data.elements import decode_flat, text_value
+    from pacsnode.data.transcode import decode
+
+    ds = Dataset()
+    for tag, vr, value in [(0x00080005, "CS", "ISO_IR 100"), *ELEMENTS]:
+        ds.add_new(tag, vr, value)
+    data = encode(ds, transfer_syntax)
+    flat = decode_flat(data, implicit=transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN)
+    assert flat is not None
+    fast = [(tag, vr, text_value(vr, raw, "latin_1")) for tag, vr, raw in flat]
+    slow = elements_of(decode(data, transfer_syntax))
+    assert [(t, v or None) for t, _, v in fast] == [(t, v or None) for t, _, v in slow]
+
+
+def test_flat_decoding_gives_up_on_what_it_cannot_read() -> None:
+    from pacsnode.data.elements import decode_flat
+
+    item = Dataset()
+    item.CodeValue = "X"
+    ds = Dataset()
+    ds.ProcedureCodeSequence = [item]
+    assert decode_flat(encode(ds, EXPLICIT_VR_LITTLE_ENDIAN), implicit=False) is None
+    assert decode_flat(b"\x10\x00\x10\x00PN\x10\x00abc", implicit=False) is None  # truncated
+    assert decode_flat(b"\x10\x00", implicit=True) is None

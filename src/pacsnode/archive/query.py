@@ -152,7 +152,7 @@ class PreparedQuery:
     level: str
     keys: list[Key]
     options: QueryOptions
-    identifier: Dataset
+    requested: frozenset[int]  # the tags of the identifier
     # Keys whose match SQL decides exactly; the others are checked in Python too.
     sql_exact: set[int] = field(default_factory=set)
 
@@ -173,8 +173,13 @@ class InstanceRef:
     size: int
 
 
-def _text_of(elem: DataElement) -> str | None:
-    value = elem.value
+# An identifier's element: (tag, VR, value); the value is text (the DICOM form, values
+# joined by backslashes), None, bytes (binary VRs), or for a sequence its items, each a
+# list of elements.
+Element = tuple[int, str, Any]
+
+
+def _text_of(value: Any) -> str | None:
     if value is None:
         return None
     if isinstance(value, bytes):
@@ -184,29 +189,40 @@ def _text_of(elem: DataElement) -> str | None:
     return str(value)
 
 
-def _classify_element(elem: DataElement, depth: int = 0) -> Matcher:
-    tag = int(elem.tag)
-    vr = str(elem.VR)
+def elements_of(ds: Dataset) -> list[Element]:
+    """A pydicom Dataset as identifier elements (values decoded with its character set)."""
+    out: list[Element] = []
+    for elem in ds:
+        vr = str(elem.VR)
+        if vr == "SQ":
+            out.append((int(elem.tag), vr, [elements_of(item) for item in elem.value or []]))
+        elif vr in ("OB", "OW", "OF", "OD", "OL", "OV", "UN"):
+            out.append((int(elem.tag), vr, elem.value))
+        else:
+            out.append((int(elem.tag), vr, _text_of(elem.value)))
+    return out
+
+
+def _classify_element(tag: int, vr: str, value: Any, depth: int = 0) -> Matcher:
     if vr == "SQ":
         items: list[tuple[int, Matcher]] = []
         if depth > 8:
             raise InvalidKey(tag, "sequence keys nest too deep")
-        if elem.value:
-            item = elem.value[0]
-            items = [(int(e.tag), _classify_element(e, depth + 1)) for e in item]
+        if value:
+            items = [(t, _classify_element(t, v, x, depth + 1)) for t, v, x in value[0]]
         return Matcher(Kind.SEQUENCE, "SQ", items=tuple(items))
-    if vr in ("OB", "OW", "OF", "OD", "OL", "OV", "UN"):
+    if vr in ("OB", "OW", "OF", "OD", "OL", "OV") or isinstance(value, bytes):
         # Binary values cannot be matched: such a key is a return key (universal).
         return Matcher(Kind.UNIVERSAL, vr)
-    return classify(tag, vr if vr != "UN" else vr_of(tag), _text_of(elem))
+    return classify(tag, vr if vr != "UN" else vr_of(tag), value)
 
 
 def prepare(
-    identifier: Dataset, root: str, options: QueryOptions, *, retrieve: bool = False
+    identifier: Dataset | list[Element], root: str, options: QueryOptions, *, retrieve: bool = False
 ) -> PreparedQuery:
     """Validate an identifier against the model (PS3.4 C.4.1.2.1 / C.4.2.2.1); raise QueryError."""
-    level_elem = identifier.get(QUERY_RETRIEVE_LEVEL)
-    level = str(level_elem.value).strip() if level_elem is not None and level_elem.value else ""
+    elements = elements_of(identifier) if isinstance(identifier, Dataset) else identifier
+    level = next((str(v or "").strip() for t, _, v in elements if t == QUERY_RETRIEVE_LEVEL), "")
     allowed = levels_of_root(root)
     if not level:
         raise QueryError(
@@ -219,9 +235,8 @@ def prepare(
             [QUERY_RETRIEVE_LEVEL],
         )
     keys: list[Key] = []
-    for elem in identifier:
-        tag = int(elem.tag)
-        if tag in ANY_LEVEL or tag >> 16 in (0x0000, 0x0002) or elem.tag.is_private or tag & 0xFFFF == 0:
+    for tag, vr, value in elements:
+        if tag in ANY_LEVEL or tag >> 16 in (0x0000, 0x0002) or (tag >> 16) & 1 or tag & 0xFFFF == 0:
             continue  # group lengths, private keys: nothing to match or return
         key_lvl = key_level(tag, root)
         if not options.relational and key_lvl is not None and DEPTH[key_lvl] > DEPTH[level]:
@@ -232,11 +247,12 @@ def prepare(
                 [tag],
             )
         try:
-            matcher = _classify_element(elem)
+            matcher = _classify_element(tag, vr, value)
         except InvalidKey as exc:
             raise QueryError(UNABLE_TO_PROCESS, f"invalid key value: {exc}", [exc.tag]) from None
-        keys.append(Key(tag, str(elem.VR), matcher, key_lvl))
-    prepared = PreparedQuery(root, level, keys, options, identifier)
+        keys.append(Key(tag, vr, matcher, key_lvl))
+    requested = frozenset(t for t, _, _ in elements)
+    prepared = PreparedQuery(root, level, keys, options, requested)
     if retrieve:
         _check_retrieve(prepared)
     elif options.relational:
@@ -615,7 +631,7 @@ class QueryEngine:
                 out[key.tag] = (vr, None)  # a relational key below the level: not returned
                 continue
             out[key.tag] = self._element(query, candidate, key, vr)
-        if INSTANCE_AVAILABILITY in query.identifier:
+        if INSTANCE_AVAILABILITY in query.requested:
             # PS3.3 C.4.23.1.1 (0008,0056): every stored instance is on line.
             out[INSTANCE_AVAILABILITY] = ("CS", "ONLINE")
         return Answer(out)
@@ -733,12 +749,14 @@ def _matching_items(matcher: Matcher, items: list[Dataset], options: QueryOption
 __all__ = [
     "COLUMNS",
     "Answer",
+    "Element",
     "InstanceRef",
     "Key",
     "PreparedQuery",
     "QueryEngine",
     "QueryError",
     "build_select",
+    "elements_of",
     "name_matches",
     "prepare",
 ]

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 from typing import Any
+
+from pydicom.datadict import dictionary_VR
 
 # PS3.5 7.1.2: VRs with a 2-byte reserved field and a 4-byte length in Explicit VR.
 _LONG_VRS = frozenset(("OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"))
@@ -94,3 +97,64 @@ def encode_elements(
     except (UnicodeError, ValueError, TypeError):
         return None
     return b"".join(out)
+
+
+# ---------------------------------------------------------------- decoding flat data sets
+
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_TAG = struct.Struct("<HH")
+_UNDEFINED = 0xFFFFFFFF
+
+
+@lru_cache(maxsize=4096)
+def _dictionary_vr(tag: int) -> str:
+    try:
+        vr = dictionary_VR(tag)
+    except KeyError:
+        return "UN"
+    return str(vr).split(" or ")[0]
+
+
+def decode_flat(data: bytes, *, implicit: bool) -> list[tuple[int, str, bytes]] | None:
+    """The elements of a data set without sequences, as (tag, VR, value bytes); None otherwise.
+
+    PS3.5 7.1.2 / 7.1.3: explicit or implicit VR, Little Endian. A sequence, an
+    undefined length or a truncated element returns None: pydicom then reads it.
+    """
+    out: list[tuple[int, str, bytes]] = []
+    pos, end = 0, len(data)
+    while pos < end:
+        if pos + 8 > end:
+            return None
+        group, element = _TAG.unpack_from(data, pos)
+        tag = group << 16 | element
+        if implicit:
+            vr = _dictionary_vr(tag)
+            length = _U32.unpack_from(data, pos + 4)[0]
+            pos += 8
+        else:
+            vr = data[pos + 4 : pos + 6].decode("latin-1")
+            if vr in _LONG_VRS:
+                if pos + 12 > end:
+                    return None
+                length = _U32.unpack_from(data, pos + 8)[0]
+                pos += 12
+            else:
+                length = _U16.unpack_from(data, pos + 6)[0]
+                pos += 8
+        if vr == "SQ" or length == _UNDEFINED or pos + length > end:
+            return None
+        out.append((tag, vr, data[pos : pos + length]))
+        pos += length
+    return out
+
+
+def text_value(vr: str, raw: bytes, codec: str) -> str | None:
+    """A flat element's value as text (PS3.5 6.2): decoded, padding removed; None for binary VRs."""
+    if vr in _BINARY:
+        size = _BINARY[vr].size
+        return "\\".join(str(_BINARY[vr].unpack_from(raw, i)[0]) for i in range(0, len(raw) - size + 1, size))
+    if vr not in _TEXT_VRS:
+        return None
+    return raw.decode(codec if vr in _CHARSET_VRS else "latin-1").rstrip("\0 ")

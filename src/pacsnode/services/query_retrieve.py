@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 import warnings
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,9 +23,18 @@ from pacsnode.archive.qr_model import (
     SPECIFIC_CHARACTER_SET,
     QueryOptions,
 )
-from pacsnode.archive.query import Answer, InstanceRef, PreparedQuery, QueryEngine, QueryError, prepare
+from pacsnode.archive.query import (
+    Answer,
+    Element,
+    InstanceRef,
+    PreparedQuery,
+    QueryEngine,
+    QueryError,
+    elements_of,
+    prepare,
+)
 from pacsnode.config.settings import Settings
-from pacsnode.data.elements import codec_of, encode_elements
+from pacsnode.data.elements import codec_of, decode_flat, encode_elements, text_value
 from pacsnode.data.part10 import layout_of
 from pacsnode.data.transcode import TranscodeError, decode, encode, transcode
 from pacsnode.data.uids import (
@@ -52,9 +62,12 @@ from pacsnode.ul.negotiation import Negotiated, NegotiatedContext, ProposedConte
 log = logging.getLogger("pacsnode.qr")
 
 _UNCOMPRESSED = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
+_OPAQUE = frozenset(("OB", "OD", "OF", "OL", "OV", "OW", "UN"))
 _MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: odd context IDs 1..255
 _READ_CHUNK = 1 << 20
-_WINDOW = 64  # answers encoded ahead of the network
+_WINDOW = 4  # batches of answers encoded ahead of the network
+_BATCH = 32
+_BATCH_SECONDS = 0.002
 _DONE = object()
 _CANCEL = object()
 
@@ -117,21 +130,36 @@ class Connector(Protocol):
 # ---------------------------------------------------------------- identifiers
 
 
-def decode_identifier(data: bytes | None, transfer_syntax: str) -> Dataset:
-    """The request's Identifier; raise QueryError (A900) when it cannot be parsed."""
+def decode_identifier(data: bytes | None, transfer_syntax: str) -> list[Element]:
+    """The request's Identifier as elements; raise QueryError (A900) when it cannot be parsed.
+
+    A flat identifier in a single-byte or UTF-8 character set (nearly every query)
+    is read directly; anything else (sequences, ISO 2022 code extensions) by pydicom.
+    """
     if not data:
         raise QueryError(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "the request carries no Identifier")
+    if transfer_syntax in _UNCOMPRESSED:
+        flat = decode_flat(data, implicit=transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN)
+        if flat is not None:
+            charset = next((raw for tag, _, raw in flat if tag == SPECIFIC_CHARACTER_SET), b"")
+            terms = [t.strip() for t in charset.decode("latin-1").rstrip("\0 ").split("\\")]
+            codec = codec_of(terms if any(terms) else [])
+            if codec is not None:
+                try:
+                    return [
+                        (tag, vr, text_value(vr, raw, codec) if vr not in _OPAQUE else raw)
+                        for tag, vr, raw in flat
+                    ]
+                except (UnicodeError, LookupError):
+                    pass  # pydicom decides, with its own replacement rules
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = decode(data, transfer_syntax)
-            for elem in ds:  # force parsing (and decoding) of every element now
-                _ = elem.value
+            return elements_of(decode(data, transfer_syntax))
     except Exception as exc:
         raise QueryError(
             Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, f"the Identifier cannot be parsed: {exc}"
         ) from None
-    return ds
 
 
 def _encodable(texts: list[str], charset: Sequence[str]) -> bool:
@@ -176,12 +204,11 @@ def encode_answer(answer: Answer, transfer_syntax: str, requested: Sequence[str]
         return encode(answer.dataset(), transfer_syntax)
 
 
-def _requested_charset(identifier: Dataset) -> list[str]:
-    value = identifier.get("SpecificCharacterSet")
-    if value is None or value.value is None:
+def _requested_charset(identifier: list[Element]) -> list[str]:
+    value = next((v for tag, _, v in identifier if tag == SPECIFIC_CHARACTER_SET), None)
+    if not value:
         return []
-    raw = value.value
-    return [str(v) for v in raw] if isinstance(raw, list | tuple) or hasattr(raw, "_list") else [str(raw)]
+    return [t.strip() for t in str(value).split("\\")]
 
 
 # ---------------------------------------------------------------- extended negotiation
@@ -383,19 +410,26 @@ class QueryRetrieveSCP:
         responder.on_cancel(cancel)
 
         def produce() -> None:
+            # Answers go to the loop in batches: what the database yields within a
+            # couple of milliseconds (or 32 answers) travels in one wake-up, so a
+            # query with few matches costs one thread hop, not one per match.
+            batch: list[bytes] = []
+            started = time.monotonic()
             try:
                 for answer in self.engine.find(query, stop, limit):
-                    data = encode_answer(answer, ts, charset)
-                    while not window.acquire(timeout=0.5):
+                    batch.append(encode_answer(answer, ts, charset))
+                    if len(batch) >= _BATCH or time.monotonic() - started > _BATCH_SECONDS:
+                        while not window.acquire(timeout=0.5):
+                            if stop.is_set():
+                                return
                         if stop.is_set():
                             return
-                    if stop.is_set():
-                        return
-                    loop.call_soon_threadsafe(queue.put_nowait, data)
-                loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+                        loop.call_soon_threadsafe(queue.put_nowait, (batch, None))
+                        batch, started = [], time.monotonic()
+                loop.call_soon_threadsafe(queue.put_nowait, (batch, _DONE))
             except BaseException as exc:
                 if not stop.is_set():
-                    loop.call_soon_threadsafe(queue.put_nowait, exc)
+                    loop.call_soon_threadsafe(queue.put_nowait, (batch, exc))
 
         producer = loop.run_in_executor(self._pool, produce)
         cmd = request.command
@@ -403,21 +437,28 @@ class QueryRetrieveSCP:
         try:
             while True:
                 item = await queue.get()
-                if item is _CANCEL or responder.cancelled:
+                if item is _CANCEL:
+                    answers, end = [], _CANCEL
+                else:
+                    assert isinstance(item, tuple)
+                    answers, end = item
+                for data in answers:
+                    if responder.cancelled:
+                        break
+                    responder.send(response_to(cmd, Status.PENDING, has_dataset=True), data)
+                    matches += 1
+                if responder.cancelled or end is _CANCEL:
                     # PS3.4 C.4.1.2.3: a C-CANCEL ends the matches with status Cancel.
                     responder.send(response_to(cmd, Status.CANCEL))
                     log.info("C-FIND cancelled after %d matches", matches)
                     return
-                if item is _DONE:
+                if end is _DONE:
                     responder.send(response_to(cmd, Status.SUCCESS))
                     return
-                if isinstance(item, BaseException):
-                    log.error("C-FIND failed: %s", item, exc_info=item)
-                    responder.send(response_to(cmd, 0xC001, error_comment=f"query failed: {item}"[:1024]))
+                if isinstance(end, BaseException):
+                    log.error("C-FIND failed: %s", end, exc_info=end)
+                    responder.send(response_to(cmd, 0xC001, error_comment=f"query failed: {end}"[:1024]))
                     return
-                assert isinstance(item, bytes)
-                responder.send(response_to(cmd, Status.PENDING, has_dataset=True), item)
-                matches += 1
                 window.release()
                 await responder.drain()
         finally:
