@@ -9,12 +9,12 @@ import logging
 import os
 import socket
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, cast
 
 from pacsnode.dimse.assembler import CommandReceived, DataSetFragment, MessageAssembler
-from pacsnode.dimse.commands import Command, CommandField
-from pacsnode.dimse.fragmentation import encode_message
+from pacsnode.dimse.commands import Command, CommandField, encode_command
+from pacsnode.dimse.fragmentation import encode_message, fragment, fragment_dataset_stream
 from pacsnode.dimse.messages import response_to
 from pacsnode.dimse.status import Status
 from pacsnode.services.base import DataSetSink, DimseRequest, MemorySink, ServiceHandler
@@ -38,6 +38,7 @@ log = logging.getLogger("pacsnode.net")
 
 _TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 _DEFAULT_IN_MEMORY_LIMIT = 64 << 20
+_STREAM_CHUNK = 1 << 20  # bytes of PDUs queued before waiting for the socket to drain
 
 
 class DimseStatusError(Exception):
@@ -75,13 +76,16 @@ class _Responder:
         await self._protocol.writable()
 
     async def sub_request(
-        self, context_id: int, command: Command, dataset: bytes | memoryview | None = None
+        self, context_id: int, command: Command, dataset: bytes | Iterable[bytes] | None = None
     ) -> tuple[Command, bytes | None]:
         protocol = self._protocol
         assert command.message_id is not None
         queue = protocol.expect_responses(command.message_id)
         try:
-            protocol.send_message(context_id, command, dataset)
+            if dataset is None or isinstance(dataset, bytes):
+                protocol.send_message(context_id, command, dataset)
+            else:
+                await protocol.send_stream(context_id, command, dataset)
             item = await queue.get()
         finally:
             protocol.forget_responses(command.message_id)
@@ -432,6 +436,43 @@ class AssociationProtocol(asyncio.Protocol):
         if self.ul.state not in (State.Sta6, State.Sta8):
             raise AssociationClosed(f"cannot send in {self.ul.state.name}")
         self.ul.send_pdata(encode_message(context_id, command, dataset, self._peer_max))
+        self.flush()
+
+    async def send_stream(
+        self, context_id: int, command: Command, chunks: Iterable[bytes], timeout: float | None = None
+    ) -> None:
+        """Send a message whose data set arrives as chunks (a file of any size), under flow control.
+
+        PS3.8 9.3.1 / D.1: PDUs of the peer's maximum length; at most about 1 MiB is
+        queued before waiting for the socket to drain, so memory stays bounded.
+        """
+        if not command.has_dataset:
+            raise ValueError("the command's Command Data Set Type says no data set follows")
+        pdus = itertools.chain(
+            fragment(context_id, encode_command(command), None, self._peer_max),
+            fragment_dataset_stream(context_id, chunks, self._peer_max),
+        )
+        batch: list[bytes] = []
+        size = 0
+        try:
+            for pdu in pdus:
+                batch.append(pdu)
+                size += len(pdu)
+                if size >= _STREAM_CHUNK:
+                    self._write_pdus(batch)
+                    batch, size = [], 0
+                    await asyncio.wait_for(self.writable(), timeout)
+            if batch:
+                self._write_pdus(batch)
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+
+    def _write_pdus(self, pdus: list[bytes]) -> None:
+        if self.ul.state not in (State.Sta6, State.Sta8):
+            raise AssociationClosed(f"association ended while sending ({self.ul.state.name})")
+        self.ul.send_pdata(b"".join(pdus))
         self.flush()
 
     async def writable(self) -> None:

@@ -27,7 +27,7 @@ class Responder(Protocol):
         """Wait until the transport can take more (flow control for long answers)."""
 
     async def sub_request(
-        self, context_id: int, command: Command, dataset: bytes | memoryview | None = None
+        self, context_id: int, command: Command, dataset: bytes | Iterable[bytes] | None = None
     ) -> tuple[Command, bytes | None]:
         """Send a request of ours on this association (C-GET's C-STORE) and await its response."""
 

@@ -612,8 +612,6 @@ class QueryRetrieveSCP:
             if ctx is None or data is None:
                 counts.fail(ref.sop_instance_uid)
             else:
-                if not isinstance(data, bytes):
-                    data = b"".join(data)
                 store = c_store_rq(
                     responder.next_message_id(), ref.sop_class_uid, ref.sop_instance_uid, cmd.priority or 0
                 )
