@@ -582,7 +582,14 @@ class QueryRetrieveSCP:
 
     async def _payload(self, ref: InstanceRef, transfer_syntax: str) -> bytes | Iterator[bytes] | None:
         loop = asyncio.get_running_loop()
-        path, offset = await loop.run_in_executor(self._pool, read_instance, self.archive.store.absolute, ref)
+        try:
+            path, offset = await loop.run_in_executor(
+                self._pool, read_instance, self.archive.store.absolute, ref
+            )
+        except Exception as exc:
+            # A missing or damaged file fails its own sub-operation, not the others.
+            log.error("cannot read the stored file of %s (%s): %s", ref.sop_instance_uid, ref.path, exc)
+            return None
         if transfer_syntax == ref.transfer_syntax_uid:
             if ref.size - offset <= _READ_CHUNK:
                 return await loop.run_in_executor(self._pool, _read_from, path, offset)
