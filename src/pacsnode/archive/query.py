@@ -14,7 +14,7 @@ import itertools
 import logging
 import threading
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -132,6 +132,8 @@ _PATIENT_COUNTS = (0x00201200, 0x00201202, 0x00201204)
 _DATE_TIME_PAIRS = ((0x00080020, 0x00080030), (0x00080021, 0x00080031), (0x00080023, 0x00080033))
 
 _TABLES = {PATIENT: patients, STUDY: studies, SERIES: series, IMAGE: instances}
+# Unique or nearly unique indexed keys: one value of these finds a handful of rows.
+_SELECTIVE = frozenset((0x00100020, 0x0020000D, 0x0020000E, 0x00080018, 0x00080050))
 
 
 @dataclass(frozen=True, slots=True)
@@ -510,9 +512,25 @@ class QueryEngine:
         self.resolve = resolve
         self.retrieve_ae_title = retrieve_ae_title
 
+    @staticmethod
+    def is_selective(query: PreparedQuery) -> bool:
+        """Whether a query is answered from an index lookup of a few rows, without reading files.
+
+        Such a query may run on the caller's thread: a thread hop would cost more.
+        """
+        if query.needs_file or query.options.fuzzy_names:
+            return False
+        for key in query.keys:
+            m = key.matcher
+            if key.tag in _SELECTIVE and m.kind in (Kind.SINGLE, Kind.UID_LIST) and len(m.values) <= 64:
+                return True
+            if key.tag == 0x00100010 and m.kind is Kind.SINGLE and not any("=" in v for v in m.values):
+                return True
+        return False
+
     def find(
         self, query: PreparedQuery, cancelled: threading.Event | None = None, limit: int = 0
-    ) -> Iterator[Answer]:
+    ) -> Generator[Answer, None, None]:
         """Yield one response identifier per matching entity, as the database yields rows."""
         stmt = build_select(query)
         sent = 0

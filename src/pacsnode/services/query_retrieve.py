@@ -68,6 +68,7 @@ _READ_CHUNK = 1 << 20
 _WINDOW = 4  # batches of answers encoded ahead of the network
 _BATCH = 32
 _BATCH_SECONDS = 0.002
+_INLINE_SECONDS = 0.001
 _DONE = object()
 _CANCEL = object()
 
@@ -409,6 +410,28 @@ class QueryRetrieveSCP:
 
         responder.on_cancel(cancel)
 
+        rows = self.engine.find(query, stop, limit)
+        finished = False
+        if self.engine.is_selective(query):
+            # An index lookup of a few rows: answered on the loop, without a thread hop.
+            # Past a batch or a millisecond, the rest goes on in a worker thread.
+            first: list[bytes] = []
+            end: object = None
+            started = time.monotonic()
+            try:
+                for answer in rows:
+                    first.append(encode_answer(answer, ts, charset))
+                    if len(first) >= _BATCH or time.monotonic() - started > _INLINE_SECONDS:
+                        break
+                else:
+                    end, finished = _DONE, True
+            except Exception as exc:
+                end, finished = exc, True
+            if first or finished:
+                if not finished:
+                    window.acquire()  # released by the consumer, as for the worker's batches
+                queue.put_nowait((first, end))
+
         def produce() -> None:
             # Answers go to the loop in batches: what the database yields within a
             # couple of milliseconds (or 32 answers) travels in one wake-up, so a
@@ -416,7 +439,7 @@ class QueryRetrieveSCP:
             batch: list[bytes] = []
             started = time.monotonic()
             try:
-                for answer in self.engine.find(query, stop, limit):
+                for answer in rows:
                     batch.append(encode_answer(answer, ts, charset))
                     if len(batch) >= _BATCH or time.monotonic() - started > _BATCH_SECONDS:
                         while not window.acquire(timeout=0.5):
@@ -430,8 +453,10 @@ class QueryRetrieveSCP:
             except BaseException as exc:
                 if not stop.is_set():
                     loop.call_soon_threadsafe(queue.put_nowait, (batch, exc))
+            finally:
+                rows.close()  # here, in the thread that last used its connection
 
-        producer = loop.run_in_executor(self._pool, produce)
+        producer = None if finished else loop.run_in_executor(self._pool, produce)
         cmd = request.command
         matches = 0
         try:
@@ -464,7 +489,8 @@ class QueryRetrieveSCP:
         finally:
             stop.set()
             window.release()
-            producer.add_done_callback(lambda f: f.exception())
+            if producer is not None:
+                producer.add_done_callback(lambda f: f.exception())
 
     # ------------------------------------------------------------ C-MOVE
 
