@@ -144,3 +144,44 @@ def make_storage_node(tmp_path: Path, index_url: str) -> Iterator[Callable[..., 
 def storage_node(make_storage_node: Callable[..., Any]) -> Any:
     """A started Node with an archive (duplicate_policy reject) on 127.0.0.1, port 0."""
     return make_storage_node()
+
+
+# ---------------------------------------------------------------- module-scoped nodes
+#
+# Loading a node with test data costs seconds; tests that only read from it (Query/Retrieve)
+# share one per module: ``make_module_storage_node(**options)`` is the module-scoped twin of
+# ``make_storage_node``, parametrised over both index back ends by ``module_index_url`` (each
+# PostgreSQL parameter gets a database of its own, dropped after the module, so function-scoped
+# nodes in the same module never wipe its tables).
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def module_index_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The index database URL of a module-scoped node ('' = SQLite in its data folder)."""
+    if request.param == "sqlite":
+        yield ""
+        return
+    from peerkit import pg_database
+
+    with pg_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def make_module_storage_node(
+    tmp_path_factory: pytest.TempPathFactory, module_index_url: str
+) -> Iterator[Callable[..., Any]]:
+    """Factory: ``make_module_storage_node(**storage_settings options)``; nodes live for the module."""
+    from peerkit import start_threaded_node, storage_settings
+
+    started: list[Any] = []
+
+    def start(*, data: Path | None = None, **options: Any) -> Any:
+        folder = data if data is not None else tmp_path_factory.mktemp("node")
+        node = start_threaded_node(storage_settings(folder, module_index_url, **options))
+        started.append(node)
+        return node
+
+    yield start
+    for node in reversed(started):
+        node.close()

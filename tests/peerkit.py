@@ -501,20 +501,27 @@ def storage_settings(
     *,
     aet: str = AE_TITLE,
     network: dict[str, Any] | None = None,
+    peers: dict[str, tuple[str, int]] | None = None,
+    query: dict[str, Any] | None = None,
     **storage: Any,
 ) -> Settings:
-    """Node settings for tests: port 0, this data folder and index, short shutdown."""
+    """Node settings for tests: port 0, this data folder and index, short shutdown.
+
+    ``peers`` are the node's remote AEs (C-MOVE destinations): {AE title: (host, port)};
+    ``query`` is the [query] table (case_insensitive_names, max_results, move_timeout).
+    """
     from pacsnode.config.settings import load_settings
 
-    return load_settings(
-        None,
-        {
-            "node": {"data": data, "dicom_port": 0, "aet": aet},
-            "network": {"shutdown_timeout": 2.0, **(network or {})},
-            "storage": {"index_url": index_url, **storage},
-        },
-        environ={},
-    )
+    overrides: dict[str, dict[str, Any]] = {
+        "node": {"data": data, "dicom_port": 0, "aet": aet},
+        "network": {"shutdown_timeout": 2.0, **(network or {})},
+        "storage": {"index_url": index_url, **storage},
+    }
+    if peers:
+        overrides["peers"] = {ae: {"host": host, "port": port} for ae, (host, port) in peers.items()}
+    if query:
+        overrides["query"] = dict(query)
+    return load_settings(None, overrides, environ={})
 
 
 @dataclass
@@ -1033,3 +1040,262 @@ class ServeProcess:
         m = re.search(rf"^{field_name}:\s+(\d+) kB", status, re.MULTILINE)
         assert m, status
         return int(m.group(1))
+
+
+# ---------------------------------------------------------------- DCMTK and Orthanc as Query/Retrieve peers
+
+
+def free_port_all_interfaces() -> int:
+    """A port free on every interface: DCMTK's SCPs and Orthanc cannot bind one address (PEERS.md)."""
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return int(sock.getsockname()[1])
+
+
+# A move destination as a Q/R SCP's configuration names it: (AE title, host, port).
+Destination = tuple[str, str, int]
+
+
+@dataclass(frozen=True)
+class PeerSCP:
+    """A DICOM peer process we started: where it listens, its AE title, and its folder."""
+
+    port: int
+    ae_title: str
+    folder: Path
+    proc: subprocess.Popen[str]
+    http_port: int = 0
+
+
+@contextlib.contextmanager
+def orthanc_peer(
+    folder: Path,
+    *,
+    ae_title: str = "ORTHANC",
+    modalities: dict[str, Destination] | None = None,
+    **settings: Any,
+) -> Iterator[PeerSCP]:
+    """Orthanc (PEERS.md) on free ports, storing under `folder`; `modalities` are its C-MOVE destinations."""
+    import json
+
+    exe = need_tool("/usr/sbin/Orthanc")
+    port = free_port_all_interfaces()
+    http_port = free_port_all_interfaces()
+    config = {
+        "Name": "pacsnode-test",
+        "StorageDirectory": str(folder / "orthanc-storage"),
+        "IndexDirectory": str(folder / "orthanc-index"),
+        "Plugins": [],
+        "DicomAet": ae_title,
+        "DicomPort": port,
+        "HttpPort": http_port,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomCheckCalledAet": False,
+        "UnknownSopClassAccepted": True,
+        "OverwriteInstances": True,
+        "StorageCompression": False,
+        "DicomModalities": {name: list(dest) for name, dest in (modalities or {}).items()},
+        **settings,
+    }
+    path = folder / "orthanc.json"
+    path.write_text(json.dumps(config))
+    with running([exe, str(path)]) as proc:
+        wait_for_port(port, proc, timeout=30)
+        yield PeerSCP(port, ae_title, folder / "orthanc-storage", proc, http_port)
+
+
+@contextlib.contextmanager
+def dcmqrscp_peer(
+    folder: Path,
+    *,
+    ae_title: str = "QRSCP",
+    destinations: dict[str, Destination] | None = None,
+    args: Sequence[str] = (),
+) -> Iterator[PeerSCP]:
+    """DCMTK's dcmqrscp (PEERS.md) on a free port, its database under `folder`.
+
+    `destinations` go into its HostTable: the AE titles it may C-MOVE to.  Load it
+    with `storescu` (it accepts any calling AE title, read and write).
+    """
+    exe = need_tool("dcmqrscp")
+    port = free_port_all_interfaces()
+    db = folder / "qrdb"
+    db.mkdir(parents=True, exist_ok=True)
+    hosts = "\n".join(f"{name} = ({ae}, {host}, {p})" for name, (ae, host, p) in (destinations or {}).items())
+    config = folder / "dcmqrscp.cfg"
+    config.write_text(
+        f"NetworkTCPPort = {port}\nMaxPDUSize = 16384\nMaxAssociations = 16\n"
+        f"HostTable BEGIN\n{hosts}\nHostTable END\n"
+        "VendorTable BEGIN\nVendorTable END\n"
+        f"AETable BEGIN\n{ae_title} {db} RW (200, 1024mb) ANY\nAETable END\n"
+    )
+    with running([exe, "-c", str(config), *args]) as proc:
+        wait_for_port(port, proc)
+        yield PeerSCP(port, ae_title, db, proc)
+
+
+@contextlib.contextmanager
+def storescp_peer(folder: Path, *, ae_title: str = "STORESCP", args: Sequence[str] = ()) -> Iterator[PeerSCP]:
+    """DCMTK's storescp on a free port, writing every instance it receives into `folder`."""
+    need_tool("storescp")
+    port = free_port_all_interfaces()
+    folder.mkdir(parents=True, exist_ok=True)
+    with running(["storescp", "-aet", ae_title, *args, "-od", str(folder), str(port)]) as proc:
+        wait_for_port(port, proc)
+        yield PeerSCP(port, ae_title, folder, proc)
+
+
+# ---------------------------------------------------------------- Query/Retrieve SCP tests
+#
+# Used by tests/interop/test_qr_scp.py and tests/services/test_qr_bad_input.py: a node loaded
+# with test data (the expected answers are computed from the same files' headers), and the
+# DCMTK findscu run with its responses extracted to files (-X) for pydicom to read.
+
+UNCOMPRESSED_TS = frozenset(("1.2.840.10008.1.2", "1.2.840.10008.1.2.1"))
+
+
+@dataclass(frozen=True)
+class CorpusFile:
+    """A test data file and its header (pydicom, no pixel data), to compute expected answers from."""
+
+    path: Path
+    transfer_syntax: str
+    header: Any  # pydicom Dataset
+
+    def get(self, keyword: str, default: str = "") -> str:
+        """An attribute as text ('' when absent or empty); multi-valued ones joined by backslashes."""
+        value = self.header.get(keyword)
+        if value is None or value == "":
+            return default
+        if isinstance(value, str | bytes):
+            return str(value)
+        try:
+            return "\\".join(str(v) for v in value)
+        except TypeError:
+            return str(value)
+
+    @property
+    def sop_instance_uid(self) -> str:
+        return str(self.header.SOPInstanceUID)
+
+
+def corpus_files(*folders: str) -> list[CorpusFile]:
+    """The DICOM files under these folders of the shared test data, one per SOP Instance UID
+    (the first in path order: the corpus repeats UIDs on purpose), without DICOMDIRs and
+    without files that lack the SOP Class / Instance UIDs a C-STORE needs."""
+    import warnings
+
+    from pydicom import dcmread
+
+    out: list[CorpusFile] = []
+    seen: set[str] = set()
+    for folder in folders:
+        for path in sorted(need_testdata(folder).rglob("*")):
+            if not path.is_file() or path.name.startswith("DICOMDIR") or path.suffix in (".png", ".txt"):
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    ds = dcmread(path, stop_before_pixels=True, force=True)
+                except Exception:
+                    continue
+            uid = ds.get("SOPInstanceUID")
+            ts = ds.get("file_meta", {}).get("TransferSyntaxUID")
+            if not uid or not ds.get("SOPClassUID") or ts is None or uid in seen:
+                continue
+            seen.add(str(uid))
+            out.append(CorpusFile(path, str(ts), ds))
+    return out
+
+
+def store_files(
+    host: str, port: int, files: Sequence[CorpusFile], *, called: str = AE_TITLE, parallel: int = 4
+) -> None:
+    """C-STORE files to an SCP: uncompressed ones with DCMTK storescu (``parallel`` associations
+    at once, each proposing only the SOP class / transfer syntax pairs its files need: an SCP that
+    fsyncs each instance, like Orthanc, takes them ~4x faster so), compressed ones -- which
+    storescu 3.6.7 cannot send once the SCP accepts an uncompressed context too -- with
+    pynetdicom. Asserts every store succeeded."""
+    import warnings
+
+    from pydicom import dcmread
+
+    need_tool("storescu")
+    plain = [f for f in files if f.transfer_syntax in UNCOMPRESSED_TS]
+    other = [f for f in files if f.transfer_syntax not in UNCOMPRESSED_TS]
+    procs = [
+        subprocess.Popen(
+            ["storescu", "-aec", called, "-R", "-nh", host, str(port), *(str(f.path) for f in chunk)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+        )
+        for chunk in (plain[i :: max(1, parallel)] for i in range(max(1, parallel)))
+        if chunk
+    ]
+    try:
+        for proc in procs:
+            out, _ = proc.communicate(timeout=120)
+            errors = [line for line in out.splitlines() if line.startswith(("E:", "F:"))]
+            assert proc.returncode == 0 and not errors, out
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(WAIT)
+    if other:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            datasets = [dcmread(f.path, force=True) for f in other]
+        statuses = pynetdicom_store(host, port, datasets, called=called)
+        assert all(s.ok for s in statuses), [(f.path.name, s) for f, s in zip(other, statuses, strict=True)]
+
+
+@dataclass
+class FindResult:
+    """What a findscu run got: the final status as findscu words it ('Success', 'Cancel',
+    'Error: DataSetDoesNotMatchSOPClass', ...; None: none came), the identifiers, the log."""
+
+    status: str | None
+    responses: list[Any]  # pydicom Datasets, in the order received
+    output: str
+
+    def values(self, keyword: str) -> set[str]:
+        """The values of one key over all responses."""
+        return {str(r.get(keyword, "")) for r in self.responses}
+
+
+FINAL_FIND_RESPONSE = re.compile(r"Received Final Find Response \((.*)\)")
+
+
+def dcmtk_find(
+    host: str,
+    port: int,
+    keys: Sequence[str | bytes],
+    *,
+    model: str = "-S",
+    called: str = AE_TITLE,
+    args: Sequence[str] = (),
+) -> FindResult:
+    """DCMTK findscu with ``-k`` keys (bytes pass non-ASCII values through untouched); the
+    responses are extracted to files (-X) and read back with pydicom."""
+    import tempfile
+    import warnings
+
+    from pydicom import dcmread
+
+    need_tool("findscu")
+    with tempfile.TemporaryDirectory(prefix="findscu-") as out:
+        argv: list[str | bytes] = ["findscu", "-v", "-aec", called, model, "-X", "-od", out, *args]
+        for key in keys:
+            argv += ["-k", key]
+        argv += [host, str(port)]
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60, check=False)
+        output = proc.stdout.decode("utf-8", errors="replace")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            responses = [dcmread(p) for p in sorted(Path(out).glob("rsp*.dcm"))]
+    m = FINAL_FIND_RESPONSE.search(output)
+    return FindResult(m.group(1) if m else None, responses, output)

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import json
 import os
-import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -33,9 +31,11 @@ from peerkit import (
     PACSNODE,
     TESTDATA,
     WAIT,
+    free_port_all_interfaces,
     need_testdata,
     need_tool,
     new_loop,
+    orthanc_peer,
     run_tool,
     running,
     wait_for_port,
@@ -252,7 +252,7 @@ def test_store_corpus_to_storescp(tmp_path):
     need_tool("storescp")
     received = tmp_path / "received"
     received.mkdir()
-    port = _free_port()
+    port = free_port_all_interfaces()
     # +xa: every transfer syntax DCMTK knows; -pm: unknown SOP classes too; +B: write the
     # data set exactly as received; +uf: a file per C-STORE, even for a UID sent twice.
     args = ["storescp", "-aet", "STORESCP", "+xa", "-pm", "+B", "+uf", "-od", str(received), str(port)]
@@ -272,38 +272,10 @@ def test_store_corpus_to_storescp(tmp_path):
 # ---------------------------------------------------------------- Orthanc
 
 
-def _free_port() -> int:
-    # storescp and Orthanc listen on every interface.
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def orthanc(tmp_path) -> Iterator[tuple[int, Path]]:
-    exe = need_tool("/usr/sbin/Orthanc")
-    port = _free_port()
-    storage = tmp_path / "orthanc-storage"
-    config = {
-        "Name": "pacsnode-test",
-        "StorageDirectory": str(storage),
-        "IndexDirectory": str(tmp_path / "orthanc-index"),
-        "Plugins": [],
-        "DicomAet": "ORTHANC",
-        "DicomPort": port,
-        "HttpPort": _free_port(),
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
-        "DicomCheckCalledAet": False,
-        "UnknownSopClassAccepted": True,
-        "OverwriteInstances": True,
-        "StorageCompression": False,
-    }
-    path = tmp_path / "orthanc.json"
-    path.write_text(json.dumps(config))
-    with running([exe, str(path)]) as proc:
-        wait_for_port(port, proc, timeout=30)
-        yield port, storage
+    with orthanc_peer(tmp_path) as peer:
+        yield peer.port, peer.folder
 
 
 def test_store_corpus_to_orthanc(orthanc, tmp_path):

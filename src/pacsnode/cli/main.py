@@ -1,12 +1,13 @@
-"""The `pacsnode` command: serve, echo, store, import, conformance (exit 0 ok, 1 failure, 2 bad usage)."""
+"""The `pacsnode` command: serve, echo, store, import, find, move, get, conformance (exit 0, 1, 2: usage)."""
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -16,6 +17,11 @@ from rich.markup import escape
 from pacsnode import __version__
 from pacsnode.config.settings import ConfigError, Settings, load_settings
 from pacsnode.net.loop import run_loop
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+    from pacsnode.cli.qr import QROptions
 
 app = typer.Typer(
     name="pacsnode",
@@ -293,6 +299,251 @@ def import_(
         ok = run_import(paths, settings, recursive=recursive, verbose=verbose, console=err, report=report)
     except OSError as exc:
         raise _fail(f"{exc.filename or settings.node.data}: {exc.strerror or exc}") from None
+    except KeyboardInterrupt:
+        err.print("interrupted", highlight=False)
+        raise typer.Exit(130) from None
+    raise typer.Exit(0 if ok else 1)
+
+
+# ---------------------------------------------------------------- Query/Retrieve SCU
+
+HostArg = Annotated[str, typer.Argument(help="Peer host name or address.", show_default=False)]
+PortArg = Annotated[int, typer.Argument(help="Peer TCP port.", min=1, max=65535, show_default=False)]
+QueryFilesArg = Annotated[
+    list[Path] | None,
+    typer.Argument(
+        help="Query files: DICOM data sets whose attributes form the Identifier (as DCMTK's "
+        "findscu/movescu/getscu read them); -k keys are applied over each. One request per file.",
+        exists=True,
+        dir_okay=False,
+        show_default=False,
+    ),
+]
+CallingOpt = Annotated[str, typer.Option("--calling-aet", "--aet", "-aet", help="Our (calling) AE title.")]
+CalledOpt = Annotated[
+    str, typer.Option("--called-aet", "--aec", "-aec", help="The peer's (called) AE title.")
+]
+PatientRootOpt = Annotated[
+    bool, typer.Option("--patient", "-P", help="Use the Patient Root information model (PS3.4 C.6.1).")
+]
+StudyRootOpt = Annotated[
+    bool,
+    typer.Option("--study", "-S", help="Use the Study Root information model (PS3.4 C.6.2; the default)."),
+]
+KeysOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--key",
+        "-k",
+        help="KEY=VALUE to match, or KEY (or KEY=) to return; KEY is a keyword (PatientName), a tag "
+        "(0010,0020) or a sequence path (ReferencedStudySequence[0].ReferencedSOPClassUID). "
+        "Repeatable. QueryRetrieveLevel defaults to STUDY (-S) or PATIENT (-P).",
+        show_default=False,
+    ),
+]
+TimeoutOpt = Annotated[
+    float, typer.Option("--timeout", "-to", min=0.001, help="TCP connect timeout, seconds.")
+]
+AcseTimeoutOpt = Annotated[
+    float, typer.Option("--acse-timeout", "-ta", min=0.001, help="Association timeout, seconds.")
+]
+DimseTimeoutOpt = Annotated[
+    float | None,
+    typer.Option("--dimse-timeout", "-td", min=0.001, help="Wait this long for each response, seconds."),
+]
+MaxPduOpt = Annotated[int, typer.Option("--max-pdu", "-pdu", min=4096, help="Maximum PDU length we receive.")]
+QRVerboseOpt = Annotated[int, typer.Option("--verbose", "-v", count=True, help="Say more (-vv: debug log).")]
+
+
+def _qr_exit(run: Callable[[], bool]) -> NoReturn:
+    """Run a find/move/get and exit with its code (130 on Ctrl-C)."""
+    try:
+        ok = run()
+    except KeyboardInterrupt:
+        err.print("interrupted", highlight=False)
+        raise typer.Exit(130) from None
+    raise typer.Exit(0 if ok else 1)
+
+
+def _qr_setup(
+    host: str,
+    port: int,
+    titles: tuple[str, str],
+    roots: tuple[bool, bool],
+    keys: list[str] | None,
+    query_files: list[Path] | None,
+    network: tuple[float, float, float | None, int],
+    default_keys: bool = False,
+) -> tuple[QROptions, list[Dataset]]:
+    """Options and Identifiers of find/move/get: (calling, called) titles, (-P, -S), and
+    (connect, ACSE, DIMSE timeouts, max PDU)."""
+    from pacsnode.cli.qr import QROptions, UsageError, identifiers
+
+    patient, study = roots
+    if patient and study:
+        raise typer.BadParameter("give -P (patient root) or -S (study root), not both")
+    model = "patient" if patient else "study"
+    timeout, acse_timeout, dimse_timeout, max_pdu = network
+    options = QROptions(
+        host, port, titles[0], titles[1], model, timeout, acse_timeout, dimse_timeout, max_pdu
+    )
+    try:
+        requests = identifiers(keys or [], query_files or [], model, default_keys=default_keys)
+    except UsageError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return options, requests
+
+
+@app.command(
+    help="Query a peer with C-FIND (PS3.4 C.4.1), like DCMTK's findscu.\n\n"
+    "Prints the matches as a table, or as one DICOM JSON array (PS3.18 Annex F) with --json. "
+    "With no key but the level, asks for the level's usual attributes. "
+    "Exits 1 if the association or a C-FIND fails, 2 on bad input.\n\n"
+    "Example: pacsnode find -aec ORTHANC 127.0.0.1 4242 -k PatientName='DOE^*' -k StudyDate=20240101-",
+)
+def find(
+    host: HostArg,
+    port: PortArg,
+    query_files: QueryFilesArg = None,
+    aet: CallingOpt = "PACSNODE",
+    aec: CalledOpt = "ANY-SCP",
+    patient: PatientRootOpt = False,
+    study: StudyRootOpt = False,
+    keys: KeysOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the matches as DICOM JSON.")] = False,
+    cancel_after: Annotated[
+        int | None,
+        typer.Option("--cancel-after", min=1, help="Send C-CANCEL-RQ after this many matches."),
+    ] = None,
+    timeout: TimeoutOpt = 30.0,
+    acse_timeout: AcseTimeoutOpt = 30.0,
+    dimse_timeout: DimseTimeoutOpt = None,
+    max_pdu: MaxPduOpt = 262_144,
+    verbose: QRVerboseOpt = 0,
+) -> None:
+    from pacsnode.cli.qr import run_find
+
+    _setup_logging(max(verbose - 1, 0))
+    network = (timeout, acse_timeout, dimse_timeout, max_pdu)
+    options, requests = _qr_setup(
+        host, port, (aet, aec), (patient, study), keys, query_files, network, default_keys=True
+    )
+
+    def run() -> bool:
+        return run_find(
+            options,
+            requests,
+            as_json=as_json,
+            cancel_after=cancel_after,
+            out=Console(),
+            console=err,
+            verbose=verbose,
+        )
+
+    _qr_exit(run)
+
+
+@app.command(
+    help="Have a peer send matching instances to a destination AE with C-MOVE (PS3.4 C.4.2), "
+    "like DCMTK's movescu.\n\n"
+    "The peer must know the destination AE title (its host and port). Shows the sub-operations "
+    "(remaining, completed, failed, warning); lists the Failed SOP Instance UIDs. "
+    "Exits 1 unless every C-MOVE succeeded with no failed sub-operation, 2 on bad input.\n\n"
+    "Example: pacsnode move -aec ORTHANC -aem STORESCP 127.0.0.1 4242 -k StudyInstanceUID=1.2.3",
+)
+def move(
+    host: HostArg,
+    port: PortArg,
+    query_files: QueryFilesArg = None,
+    move_destination: Annotated[
+        str,
+        typer.Option(
+            "--move-dest", "-aem", help="AE title the peer sends the instances to.", show_default=False
+        ),
+    ] = "",
+    aet: CallingOpt = "PACSNODE",
+    aec: CalledOpt = "ANY-SCP",
+    patient: PatientRootOpt = False,
+    study: StudyRootOpt = False,
+    keys: KeysOpt = None,
+    timeout: TimeoutOpt = 30.0,
+    acse_timeout: AcseTimeoutOpt = 30.0,
+    dimse_timeout: DimseTimeoutOpt = None,
+    max_pdu: MaxPduOpt = 262_144,
+    verbose: QRVerboseOpt = 0,
+) -> None:
+    from pacsnode.cli.qr import run_move
+
+    _setup_logging(max(verbose - 1, 0))
+    if not move_destination:
+        raise typer.BadParameter("the move destination is required", param_hint="'-aem' / '--move-dest'")
+    network = (timeout, acse_timeout, dimse_timeout, max_pdu)
+    options, requests = _qr_setup(host, port, (aet, aec), (patient, study), keys, query_files, network)
+    _qr_exit(lambda: run_move(options, requests, move_destination, console=err))
+
+
+@app.command(
+    help="Retrieve matching instances over the same association with C-GET (PS3.4 C.4.3), "
+    "like DCMTK's getscu.\n\n"
+    "Each instance is written as a DICOM file (PS3.10, with File Meta Information) named after its "
+    "SOP Instance UID in --od. The common Storage SOP classes are proposed over Explicit and "
+    "Implicit VR Little Endian; --accept-ts adds a context per class for a transfer syntax the peer "
+    "holds instances in (fewer classes then fit). "
+    "Exits 1 unless every C-GET succeeded with no failed sub-operation, 2 on bad input.\n\n"
+    "Example: pacsnode get -aec ORTHANC 127.0.0.1 4242 -k StudyInstanceUID=1.2.3 --od study",
+)
+def get(
+    host: HostArg,
+    port: PortArg,
+    query_files: QueryFilesArg = None,
+    output_dir: Annotated[
+        Path,
+        typer.Option(
+            "--od", "--output-dir", "-od", help="Folder to write the instances to (created if needed)."
+        ),
+    ] = Path("."),
+    accept_ts: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--accept-ts",
+            help="Also accept instances in this transfer syntax UID (e.g. 1.2.840.10008.1.2.4.70); "
+            "repeatable.",
+            show_default=False,
+        ),
+    ] = None,
+    aet: CallingOpt = "PACSNODE",
+    aec: CalledOpt = "ANY-SCP",
+    patient: PatientRootOpt = False,
+    study: StudyRootOpt = False,
+    keys: KeysOpt = None,
+    timeout: TimeoutOpt = 30.0,
+    acse_timeout: AcseTimeoutOpt = 30.0,
+    dimse_timeout: DimseTimeoutOpt = None,
+    max_pdu: MaxPduOpt = 262_144,
+    verbose: QRVerboseOpt = 0,
+) -> None:
+    from pacsnode.cli.qr import run_get
+    from pacsnode.data.uids import is_valid_uid
+
+    _setup_logging(max(verbose - 1, 0))
+    for ts in accept_ts or []:
+        if not is_valid_uid(ts):
+            raise typer.BadParameter(f"{ts!r} is not a transfer syntax UID", param_hint="'--accept-ts'")
+    network = (timeout, acse_timeout, dimse_timeout, max_pdu)
+    options, requests = _qr_setup(host, port, (aet, aec), (patient, study), keys, query_files, network)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _fail(f"cannot create {output_dir}: {exc.strerror or exc}") from None
+    try:
+        ok = run_get(
+            options,
+            requests,
+            output_dir,
+            extra_transfer_syntaxes=accept_ts or [],
+            console=err,
+            verbose=verbose,
+        )
     except KeyboardInterrupt:
         err.print("interrupted", highlight=False)
         raise typer.Exit(130) from None

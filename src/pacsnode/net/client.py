@@ -10,11 +10,20 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from pydicom.dataset import Dataset
+
 from pacsnode import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from pacsnode.data.uids import UNCOMPRESSED_TRANSFER_SYNTAXES, VERIFICATION_SOP_CLASS
+from pacsnode.data.transcode import decode, encode
+from pacsnode.data.uids import (
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    UNCOMPRESSED_TRANSFER_SYNTAXES,
+    VERIFICATION_SOP_CLASS,
+    uid_name,
+)
 from pacsnode.dimse.commands import Command, Priority, encode_command
 from pacsnode.dimse.fragmentation import fragment, fragment_dataset_stream
-from pacsnode.dimse.messages import c_echo_rq, c_store_rq
+from pacsnode.dimse.messages import c_cancel_rq, c_echo_rq, c_find_rq, c_get_rq, c_move_rq, c_store_rq
 from pacsnode.dimse.status import StatusCategory, category
 from pacsnode.net.association import AssociationClosed, AssociationProtocol
 from pacsnode.services.base import ServiceHandler
@@ -116,6 +125,66 @@ class StoreResponse:
         return self.category in (StatusCategory.SUCCESS, StatusCategory.WARNING)
 
 
+@dataclass(frozen=True, slots=True)
+class FindResponse:
+    """One C-FIND response (PS3.4 C.4.1.1.4): Pending ones carry a matching Identifier."""
+
+    status: int
+    identifier: Dataset | None
+    message_id: int  # of the C-FIND-RQ (to cancel it)
+    error_comment: str = ""
+
+    @property
+    def category(self) -> StatusCategory:
+        """Pending, Success, Cancel, Warning or Failure (PS3.7 Annex C)."""
+        return category(self.status)
+
+    @property
+    def pending(self) -> bool:
+        """True while more responses follow (PS3.7 C.2)."""
+        return self.category is StatusCategory.PENDING
+
+
+@dataclass(frozen=True, slots=True)
+class RetrieveProgress:
+    """One C-MOVE or C-GET response (PS3.4 C.4.2.1.5, C.4.3.1.4): progress, or the final result.
+
+    The sub-operation counts are None when the response did not carry them
+    (PS3.7 9.3.3.2, 9.3.4.2: conditional in the final response).  The final
+    response may list the SOP Instance UIDs whose sub-operation failed
+    (Failed SOP Instance UID List (0008,0058), PS3.4 C.4.2.3.1).
+    """
+
+    status: int
+    message_id: int  # of the C-MOVE-RQ or C-GET-RQ (to cancel it)
+    remaining: int | None = None
+    completed: int | None = None
+    failed: int | None = None
+    warning: int | None = None
+    failed_sop_instance_uids: tuple[str, ...] = ()
+    error_comment: str = ""
+    identifier: Dataset | None = None
+
+    @property
+    def category(self) -> StatusCategory:
+        """Pending, Success, Cancel, Warning or Failure (PS3.7 Annex C)."""
+        return category(self.status)
+
+    @property
+    def final(self) -> bool:
+        """True for the last response (any status but Pending)."""
+        return self.category is not StatusCategory.PENDING
+
+    @property
+    def ok(self) -> bool:
+        """True for a final Success, or a Warning with no failed sub-operation."""
+        if self.category is StatusCategory.SUCCESS:
+            return True
+        return (
+            self.category is StatusCategory.WARNING and not self.failed and not self.failed_sop_instance_uids
+        )
+
+
 class RequestorProtocol(AssociationProtocol):
     """The requestor side: sends the A-ASSOCIATE-RQ on connect and resolves ``associated``."""
 
@@ -189,6 +258,7 @@ class Association:
         self.negotiated = negotiated
         self.dimse_timeout = dimse_timeout
         self._ids = itertools.count(1)
+        self._outstanding: dict[int, int] = {}  # message ID -> context ID of a C-FIND/GET/MOVE
 
     @property
     def is_established(self) -> bool:
@@ -325,6 +395,118 @@ class Association:
             status = rsp.status if rsp.status is not None else 0xFFFF
         return EchoResult(status)
 
+    def _query_context(self, sop_class_uid: str) -> int:
+        ctx = self.negotiated.context_for(sop_class_uid)
+        if ctx is None:
+            raise NoAcceptedContext(f"the peer did not accept {uid_name(sop_class_uid)}")
+        return ctx.context_id
+
+    def _decode(self, context_id: int, data: bytes | None) -> Dataset | None:
+        if not data:
+            return None
+        # PS3.7 9.3.2.2: the Identifier is encoded in the context's transfer syntax; its
+        # text is decoded with its own Specific Character Set (PS3.5 6.1.2.3), by pydicom.
+        return decode(data, self.negotiated.contexts[context_id].transfer_syntax)
+
+    async def _operation(
+        self, context_id: int, command: Command, identifier: Dataset
+    ) -> AsyncIterator[tuple[Command, bytes | None]]:
+        """Send a Query/Retrieve request with its Identifier; yield responses; cancellable meanwhile."""
+        assert command.message_id is not None
+        data = encode(identifier, self.negotiated.contexts[context_id].transfer_syntax)
+        self._outstanding[command.message_id] = context_id
+        try:
+            async for item in self.request(context_id, command, data):
+                yield item
+        finally:
+            self._outstanding.pop(command.message_id, None)
+
+    async def find(
+        self, identifier: Dataset, sop_class_uid: str, *, priority: int = Priority.MEDIUM
+    ) -> AsyncIterator[FindResponse]:
+        """C-FIND (PS3.7 9.1.2, PS3.4 C.4.1): yield each response, the matches, then the final one.
+
+        `identifier` is encoded in the accepted context's transfer syntax; raises
+        `NoAcceptedContext` when the peer did not accept `sop_class_uid`.  Call
+        `cancel(response.message_id)` to stop the query: the peer then ends with
+        Cancel (FE00), possibly after a few more matches.
+        """
+        context_id = self._query_context(sop_class_uid)
+        message_id = self.next_message_id()
+        command = c_find_rq(message_id, sop_class_uid, priority)
+        async for rsp, data in self._operation(context_id, command, identifier):
+            yield FindResponse(
+                rsp.status if rsp.status is not None else 0xFFFF,
+                self._decode(context_id, data),
+                message_id,
+                rsp.error_comment or "",
+            )
+
+    async def move(
+        self,
+        identifier: Dataset,
+        sop_class_uid: str,
+        destination_ae: str,
+        *,
+        priority: int = Priority.MEDIUM,
+    ) -> AsyncIterator[RetrieveProgress]:
+        """C-MOVE (PS3.7 9.1.4, PS3.4 C.4.2): the peer stores the matches to `destination_ae`.
+
+        Yields a `RetrieveProgress` per response; the last one (``final``) has the
+        status, the counts and the Failed SOP Instance UID List.
+        """
+        context_id = self._query_context(sop_class_uid)
+        command = c_move_rq(self.next_message_id(), sop_class_uid, destination_ae, priority)
+        async for rsp, data in self._operation(context_id, command, identifier):
+            yield self._progress(context_id, rsp, data)
+
+    async def get(
+        self, identifier: Dataset, sop_class_uid: str, *, priority: int = Priority.MEDIUM
+    ) -> AsyncIterator[RetrieveProgress]:
+        """C-GET (PS3.7 9.1.3, PS3.4 C.4.3): the peer sends the matches on this association.
+
+        The association must have been opened with the Storage SOP classes proposed
+        in the SCP role and a handler for them (`get_contexts` and
+        `pacsnode.net.receive.InstanceWriter`): the C-STORE sub-operations arrive
+        while this iterates.  Yields as `move` does.
+        """
+        context_id = self._query_context(sop_class_uid)
+        command = c_get_rq(self.next_message_id(), sop_class_uid, priority)
+        async for rsp, data in self._operation(context_id, command, identifier):
+            yield self._progress(context_id, rsp, data)
+
+    def _progress(self, context_id: int, rsp: Command, data: bytes | None) -> RetrieveProgress:
+        identifier = self._decode(context_id, data)
+        failed_uids: tuple[str, ...] = ()
+        if identifier is not None:
+            # PS3.4 C.4.2.3.1 / C.4.3.3.1: Failed SOP Instance UID List (0008,0058).
+            value = identifier.get("FailedSOPInstanceUIDList")
+            if value:
+                failed_uids = tuple(str(v) for v in ([value] if isinstance(value, str) else value))
+        return RetrieveProgress(
+            rsp.status if rsp.status is not None else 0xFFFF,
+            rsp.message_id_being_responded_to or 0,
+            rsp.number_of_remaining_suboperations,
+            rsp.number_of_completed_suboperations,
+            rsp.number_of_failed_suboperations,
+            rsp.number_of_warning_suboperations,
+            failed_uids,
+            rsp.error_comment or "",
+            identifier,
+        )
+
+    def cancel(self, message_id: int) -> None:
+        """C-CANCEL-RQ (PS3.7 9.3.2.3, 9.3.3.3, 9.3.4.3) for our C-FIND, C-GET or C-MOVE `message_id`.
+
+        It goes on the request's presentation context; the request's iterator goes on
+        until the peer's final response (Cancel, or whatever came first).  Raises
+        `LookupError` when no such request is outstanding.
+        """
+        context_id = self._outstanding.get(message_id)
+        if context_id is None:
+            raise LookupError(f"no outstanding C-FIND, C-GET or C-MOVE with message ID {message_id}")
+        self.protocol.send_message(context_id, c_cancel_rq(message_id))
+
     async def release(self, timeout: float | None = 30.0) -> None:
         """A-RELEASE (PS3.8 7.2); aborts if the peer does not answer in time."""
         proto = self.protocol
@@ -347,6 +529,41 @@ class Association:
 def verification_context() -> ProposedContext:
     """The Verification SOP class over the uncompressed transfer syntaxes."""
     return ProposedContext(VERIFICATION_SOP_CLASS, UNCOMPRESSED_TRANSFER_SYNTAXES)
+
+
+# PS3.5 10.1: every peer supports Implicit VR Little Endian; Explicit is proposed first.
+QUERY_TRANSFER_SYNTAXES = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
+
+
+def query_contexts(sop_class_uids: Iterable[str]) -> list[ProposedContext]:
+    """One context per Query/Retrieve SOP class, over Explicit and Implicit VR Little Endian."""
+    return [ProposedContext(uid, QUERY_TRANSFER_SYNTAXES) for uid in sop_class_uids]
+
+
+def get_contexts(
+    sop_class_uids: Iterable[str],
+    storage_sop_classes: Iterable[str],
+    extra_transfer_syntaxes: Sequence[str] = (),
+) -> list[ProposedContext]:
+    """The contexts of a C-GET association: the C-GET SOP classes, and Storage in the SCP role.
+
+    PS3.4 C.4.3.1.1: the C-GET SCU is the Storage SCP of the sub-operations on the same
+    association, so each Storage SOP class is proposed with SCP/SCU Role Selection
+    (PS3.7 D.3.3.4) asking for the SCP role only: one context over Explicit and
+    Implicit VR Little Endian, after one per transfer syntax of
+    `extra_transfer_syntaxes` (the peer picks one syntax per context, PS3.8 9.3.3.2,
+    so an instance it holds compressed needs a context of its own to come as it is).
+    At most 128 contexts in all (PS3.8 9.3.2.2): the Storage SOP classes that do not
+    fit, at the end of `storage_sop_classes`, are left out.
+    """
+    contexts = query_contexts(sop_class_uids)
+    # The extra syntaxes come first: a peer that takes the first context of a class
+    # (DCMTK's dcmqrscp) then sends its instances of that syntax untouched.
+    syntaxes = [*((ts,) for ts in dict.fromkeys(extra_transfer_syntaxes)), QUERY_TRANSFER_SYNTAXES]
+    fit = max((128 - len(contexts)) // len(syntaxes), 0)
+    for uid in list(dict.fromkeys(storage_sop_classes))[:fit]:
+        contexts += [ProposedContext(uid, ts, scu_role=False, scp_role=True) for ts in syntaxes]
+    return contexts
 
 
 @asynccontextmanager
@@ -445,8 +662,12 @@ __all__ = [
     "DataSetSource",
     "DimseTimeout",
     "EchoResult",
+    "FindResponse",
     "NoAcceptedContext",
+    "RetrieveProgress",
     "StoreResponse",
     "associate",
+    "get_contexts",
     "open_association",
+    "query_contexts",
 ]
