@@ -9,7 +9,7 @@ import logging
 import os
 import socket
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any, cast
 
 from pacsnode.dimse.assembler import CommandReceived, DataSetFragment, MessageAssembler
@@ -439,19 +439,29 @@ class AssociationProtocol(asyncio.Protocol):
         self.flush()
 
     async def send_stream(
-        self, context_id: int, command: Command, chunks: Iterable[bytes], timeout: float | None = None
+        self,
+        context_id: int,
+        command: Command,
+        dataset: bytes | bytearray | memoryview | Iterable[bytes],
+        timeout: float | None = None,
     ) -> None:
-        """Send a message whose data set arrives as chunks (a file of any size), under flow control.
+        """Send a message with a big data set (in memory, mapped, or as chunks) under flow control.
 
         PS3.8 9.3.1 / D.1: PDUs of the peer's maximum length; at most about 1 MiB is
-        queued before waiting for the socket to drain, so memory stays bounded.
+        queued before waiting for the socket to drain (raises TimeoutError after
+        ``timeout`` seconds without progress), so memory stays bounded.
         """
         if not command.has_dataset:
             raise ValueError("the command's Command Data Set Type says no data set follows")
-        pdus = itertools.chain(
-            fragment(context_id, encode_command(command), None, self._peer_max),
-            fragment_dataset_stream(context_id, chunks, self._peer_max),
-        )
+        pdus: Iterator[bytes]
+        if isinstance(dataset, bytes | bytearray | memoryview):
+            view = dataset if isinstance(dataset, memoryview) else memoryview(dataset)
+            pdus = fragment(context_id, encode_command(command), view, self._peer_max)
+        else:
+            pdus = itertools.chain(
+                fragment(context_id, encode_command(command), None, self._peer_max),
+                fragment_dataset_stream(context_id, dataset, self._peer_max),
+            )
         batch: list[bytes] = []
         size = 0
         try:
@@ -461,12 +471,19 @@ class AssociationProtocol(asyncio.Protocol):
                 if size >= _STREAM_CHUNK:
                     self._write_pdus(batch)
                     batch, size = [], 0
+                    # Set again when the connection is lost: an abort never leaves us here.
                     await asyncio.wait_for(self.writable(), timeout)
             if batch:
                 self._write_pdus(batch)
+                await asyncio.wait_for(self.writable(), timeout)
         finally:
-            close = getattr(chunks, "close", None)
+            # Close the generators: they release their view of `dataset` (an mmap cannot be
+            # closed while a view of it is held) and the chunk source.
+            close = getattr(pdus, "close", None)
             if close is not None:
+                close()
+            close = getattr(dataset, "close", None)
+            if close is not None and not isinstance(dataset, bytes | bytearray | memoryview):
                 close()
 
     def _write_pdus(self, pdus: list[bytes]) -> None:

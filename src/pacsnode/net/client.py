@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -21,8 +21,7 @@ from pacsnode.data.uids import (
     VERIFICATION_SOP_CLASS,
     uid_name,
 )
-from pacsnode.dimse.commands import Command, Priority, encode_command
-from pacsnode.dimse.fragmentation import fragment, fragment_dataset_stream
+from pacsnode.dimse.commands import Command, Priority
 from pacsnode.dimse.messages import c_cancel_rq, c_echo_rq, c_find_rq, c_get_rq, c_move_rq, c_store_rq
 from pacsnode.dimse.status import StatusCategory, category
 from pacsnode.net.association import AssociationClosed, AssociationProtocol
@@ -296,58 +295,18 @@ class Association:
     async def _send(self, context_id: int, command: Command, dataset: DataSetSource | None) -> None:
         """Send one message; a big data set goes out in chunks, under transport flow control."""
         proto = self.protocol
-        pdus: Iterator[bytes]
-        if dataset is None or isinstance(dataset, bytes | bytearray | memoryview):
-            if dataset is None or len(dataset) <= _STREAM_CHUNK:
-                small = bytes(dataset) if isinstance(dataset, bytearray | memoryview) else dataset
-                proto.send_message(context_id, command, small)
-                return
-            if not command.has_dataset:
-                raise ValueError("the command's Command Data Set Type says no data set follows")
-            # PS3.8 9.3.1 / D.1: no PDU longer than the maximum length the peer announced.
-            view = dataset if isinstance(dataset, memoryview) else memoryview(dataset)
-            pdus = fragment(context_id, encode_command(command), view, self.negotiated.peer_max_pdu_length)
-        else:
-            if not command.has_dataset:
-                raise ValueError("the command's Command Data Set Type says no data set follows")
-            peer_max = self.negotiated.peer_max_pdu_length
-            pdus = itertools.chain(
-                fragment(context_id, encode_command(command), None, peer_max),
-                fragment_dataset_stream(context_id, dataset, peer_max),
-            )
+        if dataset is None or (
+            isinstance(dataset, bytes | bytearray | memoryview) and len(dataset) <= _STREAM_CHUNK
+        ):
+            small = bytes(dataset) if isinstance(dataset, bytearray | memoryview) else dataset
+            proto.send_message(context_id, command, small)
+            return
         try:
-            batch: list[bytes] = []
-            size = 0
-            for pdu in pdus:
-                batch.append(pdu)
-                size += len(pdu)
-                if size >= _STREAM_CHUNK:
-                    await self._write(batch)
-                    batch, size = [], 0
-            if batch:
-                await self._write(batch)
-        finally:
-            # Close the generators: they release their view of `dataset` (an mmap cannot be
-            # closed while a view of it is held) and the chunk source.
-            close = getattr(pdus, "close", None)
-            if close is not None:
-                close()
-            close = getattr(dataset, "close", None)
-            if close is not None and not isinstance(dataset, bytes | bytearray | memoryview):
-                close()
-
-    async def _write(self, pdus: list[bytes]) -> None:
-        proto = self.protocol
-        if proto.ul.state not in (State.Sta6, State.Sta8):
-            raise AssociationAbortedError(f"association ended while sending ({proto.ul.state.name})")
-        proto.ul.send_pdata(b"".join(pdus))
-        proto.flush()
-        # Wait for the socket to drain below the transport's high-water mark (set again
-        # when the connection is lost, so an abort never leaves us waiting here); a peer
-        # that stops reading for the DIMSE timeout is given up on.
-        try:
-            await asyncio.wait_for(proto.writable(), self.dimse_timeout)
+            await proto.send_stream(context_id, command, dataset, self.dimse_timeout)
+        except AssociationClosed as exc:
+            raise AssociationAbortedError(str(exc)) from None
         except TimeoutError:
+            # A peer that stops reading for the DIMSE timeout is given up on.
             raise DimseTimeout(f"the peer read nothing for {self.dimse_timeout} s") from None
 
     async def store(
