@@ -88,7 +88,7 @@ def main(
 
 ConfigOpt = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="TOML file with [node] and [network] tables (env: PACSNODE_CONFIG)."),
+    typer.Option("--config", "-c", help="TOML settings file (env: PACSNODE_CONFIG)."),
 ]
 
 
