@@ -67,12 +67,17 @@ def test_flat_decoding_agrees_with_pydicom(transfer_syntax: str) -> None:
 
 
 def test_flat_decoding_gives_up_on_what_it_cannot_read() -> None:
-    from pacsnode.data.elements import decode_flat
+    from pacsnode.data.elements import MalformedDataSet, decode_flat
 
     item = Dataset()
     item.CodeValue = "X"
     ds = Dataset()
     ds.ProcedureCodeSequence = [item]
-    assert decode_flat(encode(ds, EXPLICIT_VR_LITTLE_ENDIAN), implicit=False) is None
-    assert decode_flat(b"\x10\x00\x10\x00PN\x10\x00abc", implicit=False) is None  # truncated
-    assert decode_flat(b"\x10\x00", implicit=True) is None
+    assert decode_flat(encode(ds, EXPLICIT_VR_LITTLE_ENDIAN), implicit=False) is None  # pydicom's job
+    for broken, implicit in (
+        (b"\x10\x00\x10\x00PN\x10\x00abc", False),  # the value runs past the end
+        (b"\x10\x00", True),  # half a header
+        (b"\x10\x00\x20\x00\x01\x02\x04\x00ABCD", False),  # not a VR
+    ):
+        with pytest.raises(MalformedDataSet):
+            decode_flat(broken, implicit=implicit)

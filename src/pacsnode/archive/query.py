@@ -194,7 +194,15 @@ def _text_of(value: Any) -> str | None:
 def elements_of(ds: Dataset) -> list[Element]:
     """A pydicom Dataset as identifier elements (values decoded with its character set)."""
     out: list[Element] = []
-    for elem in ds:
+    for tag in list(ds.keys()):
+        try:
+            elem = ds[tag]
+        except Exception:
+            # A value pydicom cannot convert (an ambiguous VR whose deciding element is
+            # empty, say): kept as opaque bytes, a return key that matches everything.
+            raw = ds.get_item(tag)
+            out.append((int(tag), "UN", getattr(raw, "value", None) or b""))
+            continue
         vr = str(elem.VR)
         if vr == "SQ":
             out.append((int(elem.tag), vr, [elements_of(item) for item in elem.value or []]))

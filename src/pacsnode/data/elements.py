@@ -116,17 +116,26 @@ def _dictionary_vr(tag: int) -> str:
     return str(vr).split(" or ")[0]
 
 
-def decode_flat(data: bytes, *, implicit: bool) -> list[tuple[int, str, bytes]] | None:
-    """The elements of a data set without sequences, as (tag, VR, value bytes); None otherwise.
+class MalformedDataSet(ValueError):
+    """The bytes are not a data set: an element runs past the end, or a VR is not a VR."""
 
-    PS3.5 7.1.2 / 7.1.3: explicit or implicit VR, Little Endian. A sequence, an
-    undefined length or a truncated element returns None: pydicom then reads it.
+
+# PS3.5 Table 6.2-1: every VR an explicit VR element may carry.
+_ALL_VRS = _LONG_VRS | _TEXT_VRS | frozenset(("AT", "FD", "FL", "SL", "SS", "UL", "US"))
+
+
+def decode_flat(data: bytes, *, implicit: bool) -> list[tuple[int, str, bytes]] | None:
+    """The elements of a data set without sequences, as (tag, VR, value bytes).
+
+    PS3.5 7.1.2 / 7.1.3: explicit or implicit VR, Little Endian. A sequence or an
+    undefined length returns None (pydicom reads those); bytes that cannot be a data
+    set (cut short, an unknown VR) raise MalformedDataSet.
     """
     out: list[tuple[int, str, bytes]] = []
     pos, end = 0, len(data)
     while pos < end:
         if pos + 8 > end:
-            return None
+            raise MalformedDataSet("the data set ends inside an element header")
         group, element = _TAG.unpack_from(data, pos)
         tag = group << 16 | element
         if implicit:
@@ -135,16 +144,20 @@ def decode_flat(data: bytes, *, implicit: bool) -> list[tuple[int, str, bytes]] 
             pos += 8
         else:
             vr = data[pos + 4 : pos + 6].decode("latin-1")
+            if vr not in _ALL_VRS:
+                raise MalformedDataSet(f"({group:04X},{element:04X}) has no valid VR ({vr!r})")
             if vr in _LONG_VRS:
                 if pos + 12 > end:
-                    return None
+                    raise MalformedDataSet("the data set ends inside an element header")
                 length = _U32.unpack_from(data, pos + 8)[0]
                 pos += 12
             else:
                 length = _U16.unpack_from(data, pos + 6)[0]
                 pos += 8
-        if vr == "SQ" or length == _UNDEFINED or pos + length > end:
+        if vr == "SQ" or length == _UNDEFINED:
             return None
+        if pos + length > end:
+            raise MalformedDataSet(f"({group:04X},{element:04X}) runs past the end of the data set")
         out.append((tag, vr, data[pos : pos + length]))
         pos += length
     return out

@@ -34,7 +34,8 @@ from pacsnode.archive.query import (
     prepare,
 )
 from pacsnode.config.settings import Settings
-from pacsnode.data.elements import codec_of, decode_flat, encode_elements, text_value
+from pacsnode.data.elements import MalformedDataSet, codec_of, decode_flat, encode_elements, text_value
+from pacsnode.data.header import truncation
 from pacsnode.data.part10 import layout_of
 from pacsnode.data.transcode import TranscodeError, decode, encode, transcode
 from pacsnode.data.uids import (
@@ -139,8 +140,12 @@ def decode_identifier(data: bytes | None, transfer_syntax: str) -> list[Element]
     """
     if not data:
         raise QueryError(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "the request carries no Identifier")
+    unreadable = Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS
     if transfer_syntax in _UNCOMPRESSED:
-        flat = decode_flat(data, implicit=transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN)
+        try:
+            flat = decode_flat(data, implicit=transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN)
+        except MalformedDataSet as exc:
+            raise QueryError(unreadable, f"the Identifier cannot be parsed: {exc}") from None
         if flat is not None:
             charset = next((raw for tag, _, raw in flat if tag == SPECIFIC_CHARACTER_SET), b"")
             terms = [t.strip() for t in charset.decode("latin-1").rstrip("\0 ").split("\\")]
@@ -153,14 +158,16 @@ def decode_identifier(data: bytes | None, transfer_syntax: str) -> list[Element]
                     ]
                 except (UnicodeError, LookupError):
                     pass  # pydicom decides, with its own replacement rules
+    # PS3.4 C.4.1.1.4: a data set cut short is refused, not read as far as it goes.
+    cut = truncation(data, 0, transfer_syntax)
+    if cut is not None:
+        raise QueryError(unreadable, f"the Identifier cannot be parsed: {cut}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return elements_of(decode(data, transfer_syntax))
     except Exception as exc:
-        raise QueryError(
-            Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, f"the Identifier cannot be parsed: {exc}"
-        ) from None
+        raise QueryError(unreadable, f"the Identifier cannot be parsed: {exc}") from None
 
 
 def _encodable(texts: list[str], charset: Sequence[str]) -> bool:
