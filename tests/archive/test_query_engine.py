@@ -208,6 +208,7 @@ STUDY_CASES: list[tuple[dict[str, Any], QueryOptions, set[str], str]] = [
     ({"StudyTime": "-175959"}, _INSENSITIVE, {"S1", "S2", "S5", "S8"}, "a full upper bound"),
     ({"StudyTime": "1800"}, _INSENSITIVE, {"S3"}, "a partial single time covers its span"),
     ({"AccessionNumber": "ACC1"}, _INSENSITIVE, {"S1"}, "single value"),
+    ({"AccessionNumber": "\\ACC1"}, _INSENSITIVE, {"S1"}, "an empty member of a list matches nothing"),
     ({"AccessionNumber": "A'3"}, _INSENSITIVE, {"S3"}, "a quote in a value"),
     ({"ModalitiesInStudy": "MR"}, _INSENSITIVE, {"S2"}, "modalities in study"),
     (

@@ -124,6 +124,10 @@ def classify(tag: int, vr: str, value: str | None) -> Matcher:
             raise InvalidKey(tag, f"range {text!r} ends before it starts")
         return Matcher(Kind.RANGE, vr, low=low, high=high)
     values = tuple(v.strip(" ") for v in text.split("\\")) if vr not in ("LT", "ST", "UT") else (text,)
+    # An empty member of a list of values is no value to match (nor universal matching).
+    values = tuple(v for v in values if v) or ("",)
+    if values == ("",):
+        return Matcher(Kind.UNIVERSAL, vr)
     for v in values:
         _check_length(tag, vr, v)
         if vr not in WILDCARD_VRS:
