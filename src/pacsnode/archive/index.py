@@ -116,13 +116,18 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for the index URL, with the options each back end needs."""
+def make_engine(url: str, *, reader: bool = False) -> Engine:
+    """An engine for the index URL, with the options each back end needs.
+
+    A ``reader`` engine serves queries: autocommit (no BEGIN and ROLLBACK round trips
+    around each SELECT) and no pre-ping (its caller retries once on a dropped connection).
+    """
     parsed = make_url(url)
+    options: dict[str, Any] = {"isolation_level": "AUTOCOMMIT"} if reader else {}
     if parsed.get_backend_name() == "sqlite":
         if parsed.database:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 5})
+        engine = create_engine(url, connect_args={"timeout": 5}, **options)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     if parsed.get_backend_name() == "postgresql":
@@ -131,7 +136,8 @@ def make_engine(url: str) -> Engine:
         # Bounded waits: an unreachable or stuck server fails the store, never hangs it.
         return create_engine(
             parsed,
-            pool_pre_ping=True,
+            pool_pre_ping=not reader,
+            **options,
             # synchronous_commit=off: as with SQLite, the file sync is the durability
             # point and start-up re-indexes what a server crash lost.
             # TCP keepalives and tcp_user_timeout break a connection to a server that
@@ -146,7 +152,7 @@ def make_engine(url: str) -> Engine:
                 "tcp_user_timeout": 15000,
             },
         )
-    return create_engine(url)
+    return create_engine(url, **options)
 
 
 class ArchiveIndex:
@@ -155,6 +161,7 @@ class ArchiveIndex:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
+        self._reader: Engine | None = None
         self._hot = HotPath(self.engine.dialect.name)
         self._forget()
 
@@ -169,9 +176,18 @@ class ArchiveIndex:
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
 
+    @property
+    def reader(self) -> Engine:
+        """The engine queries read through (see `make_engine`)."""
+        if self._reader is None:
+            self._reader = make_engine(self.url, reader=True)
+        return self._reader
+
     def dispose(self) -> None:
         """Close pooled connections."""
         self.engine.dispose()
+        if self._reader is not None:
+            self._reader.dispose()
 
     # ------------------------------------------------------------ writes
 

@@ -26,6 +26,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
 from sqlalchemy import ColumnElement, Select, and_, func, or_, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.expression import ColumnClause
 
 from pacsnode.archive.index import ArchiveIndex
@@ -132,6 +133,7 @@ _PATIENT_COUNTS = (0x00201200, 0x00201202, 0x00201204)
 _DATE_TIME_PAIRS = ((0x00080020, 0x00080030), (0x00080021, 0x00080031), (0x00080023, 0x00080033))
 
 _TABLES = {PATIENT: patients, STUDY: studies, SERIES: series, IMAGE: instances}
+_PAGE = 256  # rows per round trip when PostgreSQL streams a large answer
 # Unique or nearly unique indexed keys: one value of these finds a handful of rows.
 _SELECTIVE = frozenset((0x00100020, 0x0020000D, 0x0020000E, 0x00080018, 0x00080050))
 
@@ -537,30 +539,75 @@ class QueryEngine:
         return False
 
     def find(
-        self, query: PreparedQuery, cancelled: threading.Event | None = None, limit: int = 0
+        self,
+        query: PreparedQuery,
+        cancelled: threading.Event | None = None,
+        limit: int = 0,
+        *,
+        stream: bool = True,
     ) -> Generator[Answer, None, None]:
-        """Yield one response identifier per matching entity, as the database yields rows."""
+        """Yield one response identifier per matching entity, as the database yields rows.
+
+        ``stream``: on PostgreSQL, read through a server-side cursor (rows arrive as the
+        server yields them, memory stays bounded); a selective query skips it, saving its
+        round trips.  SQLite's cursor always steps lazily.
+        """
         stmt = build_select(query)
         sent = 0
-        with self.index.engine.connect() as conn:
-            if conn.dialect.name != "sqlite":
-                # A server-side cursor: rows arrive as the server yields them (SQLite's
-                # cursor already steps lazily, and needs no extra round trips).
-                conn = conn.execution_options(yield_per=64)
-            result = conn.execute(stmt)
+        rows = self._rows(stmt, _TABLES[query.level].c.id, stream)
+        try:
+            for row in rows:
+                if cancelled is not None and cancelled.is_set():
+                    return
+                candidate = _Candidate(row)
+                if not self._confirm(query, candidate):
+                    continue
+                yield self._answer(query, candidate)
+                sent += 1
+                if limit and sent >= limit:
+                    return
+        finally:
+            rows.close()
+
+    def _rows(self, stmt: Select[Any], entity_id: Any, stream: bool) -> Generator[Any, None, None]:
+        """The rows of a SELECT, read on the reader engine.
+
+        SQLite's cursor steps lazily: one query, rows as they are found.  On PostgreSQL a
+        streamed query is read in pages by entity id (keyset pagination): memory stays
+        bounded and each page costs one round trip, where a server-side cursor costs
+        five (BEGIN, DECLARE, FETCH, CLOSE, ROLLBACK).
+        """
+        conn = self.index.reader.connect()
+        paged = stream and conn.dialect.name != "sqlite"
+
+        def page(last: int) -> Select[Any]:
+            return stmt.where(entity_id > last).order_by(entity_id).limit(_PAGE)
+
+        try:
+            first = page(0) if paged else stmt
             try:
-                for row in result:
-                    if cancelled is not None and cancelled.is_set():
-                        return
-                    candidate = _Candidate(row)
-                    if not self._confirm(query, candidate):
-                        continue
-                    yield self._answer(query, candidate)
-                    sent += 1
-                    if limit and sent >= limit:
-                        return
-            finally:
-                result.close()
+                result = conn.execute(first)
+            except DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise
+                # The server dropped the connection (a restart): once more, on a new one.
+                conn.close()
+                conn = self.index.reader.connect()
+                result = conn.execute(first)
+            if not paged:
+                try:
+                    yield from result
+                finally:
+                    result.close()
+                return
+            rows = result.all()
+            while True:
+                yield from rows
+                if len(rows) < _PAGE:
+                    return
+                rows = conn.execute(page(rows[-1].entity_id)).all()
+        finally:
+            conn.close()
 
     def instances(self, query: PreparedQuery, cancelled: threading.Event | None = None) -> list[InstanceRef]:
         """Every instance a retrieve identifier names (PS3.4 C.4.2.2.1), in series and instance order."""
@@ -583,7 +630,7 @@ class QueryEngine:
                 conditions.append(cond)
         if conditions:
             stmt = stmt.where(*conditions)
-        with self.index.engine.connect() as conn:
+        with self.index.reader.connect() as conn:
             out = []
             for row in conn.execute(stmt):
                 if cancelled is not None and cancelled.is_set():

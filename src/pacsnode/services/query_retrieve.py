@@ -417,9 +417,10 @@ class QueryRetrieveSCP:
 
         responder.on_cancel(cancel)
 
-        rows = self.engine.find(query, stop, limit)
+        selective = self.engine.is_selective(query)
+        rows = self.engine.find(query, stop, limit, stream=not selective)
         finished = False
-        if self.engine.is_selective(query):
+        if selective:
             # An index lookup of a few rows: answered on the loop, without a thread hop.
             # Past a batch or a millisecond, the rest goes on in a worker thread.
             first: list[bytes] = []
