@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pacsnode.archive.query import InstanceRef
 from pacsnode.data.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from pacsnode.services.query_retrieve import Counts, choose_context, find_extended_negotiation, plan_contexts
@@ -70,3 +72,18 @@ def test_extended_negotiation_answer() -> None:
     assert find_extended_negotiation(CT, bytes([1, 1, 1, 1])) == bytes([1, 1, 1, 0])
     assert find_extended_negotiation(CT, bytes([0, 1])) == bytes([0, 1])
     assert find_extended_negotiation(CT, b"") == b""
+
+
+def test_dataset_offset_of_own_and_other_files(tmp_path: Path) -> None:
+    from pacsnode.data.part10 import layout_of
+    from pacsnode.services.query_retrieve import dataset_offset
+    from peerkit import make_instance
+
+    ds = make_instance()
+    with_preamble = tmp_path / "a.dcm"
+    ds.save_as(with_preamble, enforce_file_format=True)
+    head = with_preamble.read_bytes()
+    assert dataset_offset(head, with_preamble) == layout_of(with_preamble).dataset_offset
+    bare_meta = tmp_path / "b.dcm"
+    bare_meta.write_bytes(head[128:])  # "DICM" first: not the node's layout, pydicom decides
+    assert dataset_offset(bare_meta.read_bytes(), bare_meta) == layout_of(bare_meta).dataset_offset

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
 import warnings
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,7 @@ from pacsnode.config.settings import Settings
 from pacsnode.data.elements import MalformedDataSet, codec_of, decode_flat, encode_elements, text_value
 from pacsnode.data.header import truncation
 from pacsnode.data.part10 import layout_of
-from pacsnode.data.transcode import TranscodeError, decode, encode, transcode
+from pacsnode.data.transcode import decode, encode, transcode
 from pacsnode.data.uids import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
@@ -291,10 +292,33 @@ class Counts:
         return out
 
 
-def read_instance(store_root: Callable[[str], Path], ref: InstanceRef) -> tuple[Path, int]:
-    """The stored file of an instance and the offset of its data set."""
-    path = store_root(ref.path)
-    return path, layout_of(path).dataset_offset
+def dataset_offset(head: bytes, path: Path) -> int:
+    """Where the data set of a stored Part 10 file starts (PS3.10 7.1).
+
+    The node's own files: a 128-byte preamble, "DICM", then (0002,0000) File Meta
+    Information Group Length, whose value gives the end of the meta group; any
+    other layout is read by pydicom.
+    """
+    if len(head) >= 144 and head[128:132] == b"DICM" and head[132:140] == b"\x02\x00\x00\x00UL\x04\x00":
+        return 144 + int.from_bytes(head[140:144], "little")
+    return layout_of(path).dataset_offset
+
+
+def load_payload(path: Path, ref: InstanceRef, transfer_syntax: str) -> bytes | Iterator[bytes]:
+    """The data set of a stored instance in ``transfer_syntax``: as stored, or converted.
+
+    Up to 1 MiB comes in memory; a larger one as stored is read while it is sent.
+    Raises OSError, ValueError or TranscodeError.
+    """
+    if transfer_syntax == ref.transfer_syntax_uid and ref.size > _READ_CHUNK:
+        with path.open("rb") as fh:
+            head = fh.read(4096)
+        return _chunks(path, dataset_offset(head, path))
+    data = path.read_bytes()
+    dataset = data[dataset_offset(data, path) :]
+    if transfer_syntax == ref.transfer_syntax_uid:
+        return dataset
+    return transcode(dataset, ref.transfer_syntax_uid, transfer_syntax)
 
 
 def _chunks(path: Path, offset: int) -> Iterator[bytes]:
@@ -575,21 +599,32 @@ class QueryRetrieveSCP:
                 for ref in batch:
                     counts.fail(ref.sop_instance_uid)
                 continue
+            contexts_of = list(assoc.negotiated.contexts.values())
+            sent = 0
             try:
-                for i, ref in enumerate(batch):
+                async for ref, ctx, data in self._loaded(
+                    batch, functools.partial(choose_context, contexts_of)
+                ):
                     if responder.cancelled:
                         break
-                    try:
-                        status = await self._store_to(assoc, ref, originator)
-                    except Exception as exc:  # the destination went away: the rest fail
-                        log.warning("C-MOVE to %s: sub-operation failed: %s", destination, exc)
-                        for rest in batch[i:]:
-                            counts.fail(rest.sop_instance_uid)
-                        break
-                    if status is None:
+                    if ctx is None or data is None:
                         counts.fail(ref.sop_instance_uid)
                     else:
-                        counts.record(status, ref.sop_instance_uid)
+                        try:
+                            outcome = await assoc.store(
+                                data,
+                                ref.sop_class_uid,
+                                ref.sop_instance_uid,
+                                ctx.transfer_syntax,
+                                move_originator=originator,
+                            )
+                        except Exception as exc:  # the destination went away: the rest fail
+                            log.warning("C-MOVE to %s: sub-operation failed: %s", destination, exc)
+                            for rest in batch[sent:]:
+                                counts.fail(rest.sop_instance_uid)
+                            break
+                        counts.record(outcome.status, ref.sop_instance_uid)
+                    sent += 1
                     responder.send(response_to(cmd, Status.PENDING, **counts.fields(final=False)))
                     await responder.drain()
             finally:
@@ -599,43 +634,35 @@ class QueryRetrieveSCP:
                     assoc.abort()
         self._final(cmd, responder, counts, responder.cancelled, ts)
 
-    async def _store_to(
-        self, assoc: StoreAssociation, ref: InstanceRef, originator: tuple[str, int]
-    ) -> int | None:
-        ctx = choose_context(assoc.negotiated.contexts.values(), ref)
-        if ctx is None:
-            log.info("C-MOVE: destination accepts no context for %s", ref.sop_class_uid)
-            return None
-        data = await self._payload(ref, ctx.transfer_syntax)
-        if data is None:
-            return None
-        outcome = await assoc.store(
-            data, ref.sop_class_uid, ref.sop_instance_uid, ctx.transfer_syntax, move_originator=originator
-        )
-        return outcome.status
-
-    async def _payload(self, ref: InstanceRef, transfer_syntax: str) -> bytes | Iterator[bytes] | None:
+    async def _loaded(
+        self, refs: Sequence[InstanceRef], context_for: Callable[[InstanceRef], NegotiatedContext | None]
+    ) -> AsyncIterator[tuple[InstanceRef, NegotiatedContext | None, bytes | Iterator[bytes] | None]]:
+        """Each instance with its context and data set, the next one read while this one is sent."""
         loop = asyncio.get_running_loop()
-        try:
-            path, offset = await loop.run_in_executor(
-                self._pool, read_instance, self.archive.store.absolute, ref
-            )
-        except Exception as exc:
-            # A missing or damaged file fails its own sub-operation, not the others.
-            log.error("cannot read the stored file of %s (%s): %s", ref.sop_instance_uid, ref.path, exc)
-            return None
-        if transfer_syntax == ref.transfer_syntax_uid:
-            if ref.size - offset <= _READ_CHUNK:
-                return await loop.run_in_executor(self._pool, _read_from, path, offset)
-            return _chunks(path, offset)
-        try:
-            raw = await loop.run_in_executor(self._pool, _read_from, path, offset)
-            return await loop.run_in_executor(
-                self._pool, transcode, raw, ref.transfer_syntax_uid, transfer_syntax
-            )
-        except (TranscodeError, OSError) as exc:
-            log.warning("cannot convert %s to %s: %s", ref.sop_instance_uid, transfer_syntax, exc)
-            return None
+
+        def start(ref: InstanceRef) -> tuple[InstanceRef, NegotiatedContext | None, Any]:
+            ctx = context_for(ref)
+            if ctx is None:
+                log.info("no accepted presentation context for %s", ref.sop_class_uid)
+                return ref, None, None
+            path = self.archive.store.absolute(ref.path)
+            future = loop.run_in_executor(self._pool, load_payload, path, ref, ctx.transfer_syntax)
+            future.add_done_callback(lambda f: f.cancelled() or f.exception())
+            return ref, ctx, future
+
+        ahead = start(refs[0]) if refs else None
+        for i in range(len(refs)):
+            assert ahead is not None
+            ref, ctx, future = ahead
+            ahead = start(refs[i + 1]) if i + 1 < len(refs) else None
+            data = None
+            if future is not None:
+                try:
+                    data = await future
+                except Exception as exc:
+                    # A missing, damaged or unconvertible file fails its own sub-operation only.
+                    log.error("cannot send %s (%s): %s", ref.sop_instance_uid, ref.path, exc)
+            yield ref, ctx, data
 
     # ------------------------------------------------------------ C-GET
 
@@ -644,12 +671,12 @@ class QueryRetrieveSCP:
         refs = await self._instances(query, responder)
         counts = Counts(len(refs))
         contexts = list(request.association.contexts.values())
-        for ref in refs:
+        # PS3.4 C.4.3.3.1: sub-operations go on contexts where the SCU took the SCP role.
+        async for ref, ctx, data in self._loaded(
+            refs, lambda r: choose_context(contexts, r, requestor_scp=True)
+        ):
             if responder.cancelled:
                 break
-            # PS3.4 C.4.3.3.1: sub-operations go on contexts where the SCU took the SCP role.
-            ctx = choose_context(contexts, ref, requestor_scp=True)
-            data = None if ctx is None else await self._payload(ref, ctx.transfer_syntax)
             if ctx is None or data is None:
                 counts.fail(ref.sop_instance_uid)
             else:
@@ -661,12 +688,6 @@ class QueryRetrieveSCP:
             responder.send(response_to(cmd, Status.PENDING, **counts.fields(final=False)))
             await responder.drain()
         self._final(cmd, responder, counts, responder.cancelled, request.context.transfer_syntax)
-
-
-def _read_from(path: Path, offset: int) -> bytes:
-    with path.open("rb") as fh:
-        fh.seek(offset)
-        return fh.read()
 
 
 # ---------------------------------------------------------------- registrations
