@@ -511,6 +511,13 @@ class QueryRetrieveSCP:
                     return
                 if end is _DONE:
                     responder.send(response_to(cmd, Status.SUCCESS))
+                    log.debug(
+                        "C-FIND %d from %s: %s level, %d matches",
+                        cmd.message_id,
+                        request.association.calling_ae_title,
+                        query.level,
+                        matches,
+                    )
                     return
                 if isinstance(end, BaseException):
                     log.error("C-FIND failed: %s", end, exc_info=end)
