@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 ROOT = Path(__file__).resolve().parents[1]
 # The project's venv (pacsnode and pynetdicom installed), else the running interpreter's.
@@ -400,3 +400,22 @@ def terminate_as_exit() -> Iterator[None]:
     finally:
         for sig, h in old.items():
             signal.signal(sig, h)
+
+
+def write_json(dest: str, doc: dict[str, Any]) -> None:
+    """Write a run's results as JSON: to stdout for '-', else to the file ``dest``."""
+    text = json.dumps(doc, indent=2)
+    if dest == "-":
+        print(text)
+    else:
+        Path(dest).write_text(text + "\n")
+
+
+def run_main(main: Callable[[], int]) -> NoReturn:
+    """Exit with ``main()``'s code; Ctrl-C exits 130 (main's finally has stopped the servers)."""
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -24,6 +23,8 @@ from bench.common import (
     RawAssociation,
     Server,
     Stat,
+    run_main,
+    write_json,
 )
 from bench.common import client_env as _client_env
 from bench.common import columns as _columns
@@ -363,17 +364,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "seconds": elapsed,
             "pin": {"mode": args.pin, "server_cpu": server_cpu, "client_cpu": client_cpu},
         }
-        text = json.dumps(doc, indent=2)
-        if args.json == "-":
-            print(text)
-        else:
-            Path(args.json).write_text(text + "\n")
+        write_json(args.json, doc)
     return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:  # the servers were already stopped by main's finally
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)

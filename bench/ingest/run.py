@@ -29,7 +29,9 @@ from bench.common import (
     Stat,
     client_env,
     columns,
+    run_main,
     terminate_as_exit,
+    write_json,
 )
 from bench.ingest.data import DEFAULT_CACHE, DataSet, ct_spec, generate, generate_big, small_spec
 
@@ -622,17 +624,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "pin": args.pin,
             "create_seconds": create_s,
         }
-        text = json.dumps(doc, indent=2)
-        if args.json == "-":
-            print(text)
-        else:
-            Path(args.json).write_text(text + "\n")
+        write_json(args.json, doc)
     return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:  # the servers were already stopped by main's finally
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import random
@@ -21,7 +20,7 @@ if __package__ in (None, ""):  # run as a script: make the `bench` package impor
 
 from pydicom.dataset import Dataset
 
-from bench.common import Server, client_env, columns, terminate_as_exit
+from bench.common import Server, client_env, columns, run_main, terminate_as_exit, write_json
 from bench.query.client import (
     PynetdicomClient,
     Query,
@@ -545,17 +544,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "loadavg": {"before": load_before, "after": load_after},
             "seconds": elapsed,
         }
-        text = json.dumps(doc, indent=2)
-        if args.json == "-":
-            print(text)
-        else:
-            Path(args.json).write_text(text + "\n")
+        write_json(args.json, doc)
     return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)

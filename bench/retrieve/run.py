@@ -30,7 +30,9 @@ from bench.common import (
     client_env,
     columns,
     cpu_seconds,
+    run_main,
     terminate_as_exit,
+    write_json,
 )
 from bench.ingest.data import DEFAULT_CACHE, DataSet, ct_spec, generate
 from bench.ingest.run import scratch
@@ -551,17 +553,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "loadavg": {"before": load_before, "after": load_after},
             "seconds": elapsed,
         }
-        text = json.dumps(doc, indent=2)
-        if args.json == "-":
-            print(text)
-        else:
-            Path(args.json).write_text(text + "\n")
+        write_json(args.json, doc)
     return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)
