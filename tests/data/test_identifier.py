@@ -73,3 +73,12 @@ def test_bad_keys(key: str, message: str) -> None:
 def test_attribute_tag_values() -> None:
     ds = build_identifier(["FrameIncrementPointer=0018,1063\\FrameTime"])
     assert list(ds.FrameIncrementPointer) == [Tag(0x00181063), Tag(0x00181063)]
+
+
+def test_non_ascii_values_get_utf8_unless_a_character_set_is_given() -> None:
+    ds = build_identifier(["QueryRetrieveLevel=STUDY", "PatientName=山田*"])
+    assert ds.SpecificCharacterSet == "ISO_IR 192"
+    assert str(ds.PatientName) == "山田*"
+    chosen = build_identifier(["SpecificCharacterSet=ISO_IR 100", "PatientName=Müller*"])
+    assert chosen.SpecificCharacterSet == "ISO_IR 100"
+    assert "SpecificCharacterSet" not in build_identifier(["PatientName=DOE*"])

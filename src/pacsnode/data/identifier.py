@@ -121,6 +121,11 @@ def set_key(ds: Dataset, key: str) -> None:
 def build_identifier(keys: Iterable[str], base: Dataset | None = None) -> Dataset:
     """An Identifier from `keys` applied in order over a copy of `base` (a query file, say)."""
     ds = Dataset() if base is None else copy.deepcopy(base)
+    texts = []
     for key in keys:
         set_key(ds, key)
+        texts.append(key)
+    if "SpecificCharacterSet" not in ds and not all(t.isascii() for t in texts):
+        # PS3.5 6.1.2.3: text beyond ASCII needs a declared character set; UTF-8 holds any.
+        ds.SpecificCharacterSet = "ISO_IR 192"
     return ds
