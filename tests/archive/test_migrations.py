@@ -1,0 +1,61 @@
+"""Alembic migrations of the index: an archive of an older schema is brought to the newest one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import insert, select
+
+from pacsnode.archive.index import MIGRATIONS, ArchiveIndex
+from pacsnode.archive.matching import name_keys
+from pacsnode.archive.schema import patient_name_keys, patients, studies
+
+
+@pytest.fixture
+def index(tmp_path: Path, index_url: str) -> Iterator[ArchiveIndex]:
+    idx = ArchiveIndex(index_url or f"sqlite:///{tmp_path / 'index.sqlite'}")
+    yield idx
+    idx.dispose()
+
+
+def _upgrade(index: ArchiveIndex, revision: str) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with index.engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, revision)
+
+
+def test_a_0_1_archive_gets_its_name_keys(index: ArchiveIndex) -> None:
+    # An index of pacsnode 0.1 (revision 0001): patients without name keys.
+    _upgrade(index, "0001")
+    names = ["Yamada^Tarou=山田^太郎=やまだ^たろう", "Müller^Jürgen", ""]
+    with index.engine.begin() as conn:
+        for i, name in enumerate(names):
+            conn.execute(
+                insert(patients).values(patient_id=f"P{i}", issuer_of_patient_id="", patient_name=name)
+            )
+        conn.execute(
+            insert(studies).values(patient_fk=1, study_instance_uid="1.2.3", updated_at=datetime.now(UTC))
+        )
+    index.migrate()  # to the newest revision, as Archive.open() does
+    with index.engine.connect() as conn:
+        rows = conn.execute(
+            select(patients.c.patient_name, patient_name_keys.c.name_key).join(
+                patient_name_keys, patient_name_keys.c.patient_fk == patients.c.id
+            )
+        ).all()
+        assert conn.execute(select(studies.c.study_instance_uid)).scalar_one() == "1.2.3"
+    keys: dict[str, set[str]] = {}
+    for name, key in rows:
+        keys.setdefault(name, set()).add(key)
+    assert keys == {name: name_keys(name) for name in names if name}
+    assert keys["Müller^Jürgen"] == {"MULLER^JURGEN"}
+    index.migrate()  # a second run changes nothing
+    with index.engine.connect() as conn:
+        assert len(conn.execute(select(patient_name_keys)).all()) == len(rows)
