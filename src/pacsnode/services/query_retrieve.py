@@ -67,12 +67,9 @@ _UNCOMPRESSED = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
 _OPAQUE = frozenset(("OB", "OD", "OF", "OL", "OV", "OW", "UN"))
 _MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: odd context IDs 1..255
 _READ_CHUNK = 1 << 20
-_WINDOW = 4  # batches of answers encoded ahead of the network
 _BATCH = 32
 _BATCH_SECONDS = 0.002
 _INLINE_SECONDS = 0.001
-_DONE = object()
-_CANCEL = object()
 
 
 # ---------------------------------------------------------------- ports (injected by the net layer)
@@ -429,107 +426,78 @@ class QueryRetrieveSCP:
         self, request: DimseRequest, responder: Responder, query: PreparedQuery, charset: list[str]
     ) -> None:
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[object] = asyncio.Queue()
         stop = threading.Event()
-        window = threading.Semaphore(_WINDOW)
+        cancelled: asyncio.Future[None] = loop.create_future()
         ts = request.context.transfer_syntax
-        limit = self.settings.query.max_results
 
         def cancel() -> None:
             stop.set()
-            queue.put_nowait(_CANCEL)
+            if not cancelled.done():
+                cancelled.set_result(None)
 
         responder.on_cancel(cancel)
-
         selective = self.engine.is_selective(query)
-        rows = self.engine.find(query, stop, limit, stream=not selective)
-        finished = False
-        if selective:
-            # An index lookup of a few rows: answered on the loop, without a thread hop.
-            # Past a batch or a millisecond, the rest goes on in a worker thread.
-            first: list[bytes] = []
-            end: object = None
-            started = time.monotonic()
-            try:
-                for answer in rows:
-                    first.append(encode_answer(answer, ts, charset))
-                    if len(first) >= _BATCH or time.monotonic() - started > _INLINE_SECONDS:
-                        break
-                else:
-                    end, finished = _DONE, True
-            except Exception as exc:
-                end, finished = exc, True
-            if first or finished:
-                if not finished:
-                    window.acquire()  # released by the consumer, as for the worker's batches
-                queue.put_nowait((first, end))
+        rows = self.engine.find(query, stop, self.settings.query.max_results, stream=not selective)
 
-        def produce() -> None:
-            # Answers go to the loop in batches: what the database yields within a
-            # couple of milliseconds (or 32 answers) travels in one wake-up, so a
-            # query with few matches costs one thread hop, not one per match.
+        def next_batch(seconds: float) -> tuple[list[bytes], bool]:
+            # What the database yields within a few milliseconds (or 32 answers), and whether
+            # that was all: one batch per thread hop, and a worker never waits for the network.
             batch: list[bytes] = []
             started = time.monotonic()
-            try:
-                for answer in rows:
-                    batch.append(encode_answer(answer, ts, charset))
-                    if len(batch) >= _BATCH or time.monotonic() - started > _BATCH_SECONDS:
-                        while not window.acquire(timeout=0.5):
-                            if stop.is_set():
-                                return
-                        if stop.is_set():
-                            return
-                        loop.call_soon_threadsafe(queue.put_nowait, (batch, None))
-                        batch, started = [], time.monotonic()
-                loop.call_soon_threadsafe(queue.put_nowait, (batch, _DONE))
-            except BaseException as exc:
-                if not stop.is_set():
-                    loop.call_soon_threadsafe(queue.put_nowait, (batch, exc))
-            finally:
-                rows.close()  # here, in the thread that last used its connection
+            for answer in rows:
+                batch.append(encode_answer(answer, ts, charset))
+                if len(batch) >= _BATCH or time.monotonic() - started > seconds:
+                    return batch, False
+            return batch, True
 
-        producer = None if finished else loop.run_in_executor(self._pool, produce)
         cmd = request.command
         matches = 0
+        fetch: asyncio.Future[tuple[list[bytes], bool]] | None = None
         try:
+            if selective:
+                # An index lookup of a few rows: answered on the loop, without a thread hop.
+                batch, done = next_batch(_INLINE_SECONDS)
+            else:
+                batch, done = [], False
             while True:
-                item = await queue.get()
-                if item is _CANCEL:
-                    answers, end = [], _CANCEL
-                else:
-                    assert isinstance(item, tuple)
-                    answers, end = item
-                for data in answers:
+                if not done:
+                    # The next batch is read while this one is sent.
+                    fetch = loop.run_in_executor(self._pool, next_batch, _BATCH_SECONDS)
+                for data in batch:
                     if responder.cancelled:
                         break
                     responder.send(response_to(cmd, Status.PENDING, has_dataset=True), data)
                     matches += 1
-                if responder.cancelled or end is _CANCEL:
+                await responder.drain()
+                if fetch is not None and not responder.cancelled:
+                    await asyncio.wait((fetch, cancelled), return_when=asyncio.FIRST_COMPLETED)
+                if responder.cancelled:
                     # PS3.4 C.4.1.2.3: a C-CANCEL ends the matches with status Cancel.
                     responder.send(response_to(cmd, Status.CANCEL))
                     log.info("C-FIND cancelled after %d matches", matches)
                     return
-                if end is _DONE:
-                    responder.send(response_to(cmd, Status.SUCCESS))
-                    log.debug(
-                        "C-FIND %d from %s: %s level, %d matches",
-                        cmd.message_id,
-                        request.association.calling_ae_title,
-                        query.level,
-                        matches,
-                    )
-                    return
-                if isinstance(end, BaseException):
-                    log.error("C-FIND failed: %s", end, exc_info=end)
-                    responder.send(response_to(cmd, 0xC001, error_comment=f"query failed: {end}"[:1024]))
-                    return
-                window.release()
-                await responder.drain()
+                if fetch is None:
+                    break
+                batch, done = fetch.result()
+                fetch = None
+            responder.send(response_to(cmd, Status.SUCCESS))
+            log.debug(
+                "C-FIND %d from %s: %s level, %d matches",
+                cmd.message_id,
+                request.association.calling_ae_title,
+                query.level,
+                matches,
+            )
+        except Exception as exc:
+            log.error("C-FIND failed: %s", exc, exc_info=exc)
+            responder.send(response_to(cmd, 0xC001, error_comment=f"query failed: {exc}"[:1024]))
         finally:
             stop.set()
-            window.release()
-            if producer is not None:
-                producer.add_done_callback(lambda f: f.exception())
+            if fetch is not None and not fetch.done():
+                # A worker is in the rows: close them once its batch is done (one user at a time).
+                fetch.add_done_callback(lambda _f: self._pool.submit(rows.close))
+            else:
+                rows.close()
 
     # ------------------------------------------------------------ C-MOVE
 
