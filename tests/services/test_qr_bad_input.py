@@ -577,3 +577,60 @@ def test_c_cancel_after_the_end_is_ignored(qr: QRNode) -> None:
             assoc.release()
     assert [int(s.Status) for s, _ in responses] == [MOVE_DESTINATION_UNKNOWN]
     assert int(echo.Status) == SUCCESS
+
+
+# ---------------------------------------------------------------- many at once
+
+
+@pytest.mark.usefixtures("still_serving")
+def test_concurrent_queries_each_get_their_own_complete_answers(qr: QRNode) -> None:
+    # Eight associations at once (more than the node's query threads), each asking in turn
+    # for one patient's studies, a series' instances (selective: answered on the loop) and
+    # every patient (a worker thread): every answer complete, none mixed with another's.
+    from pacsnode.net.client import open_association, query_contexts
+
+    expected = {
+        "QRBAD": 1,
+        "QRGET": 1,
+        **{pid: 1 for pid in LIKE_IDS},
+        "QUOTE1": 1,
+    }
+
+    async def client(n: int) -> list[str]:
+        problems: list[str] = []
+        assoc = await open_association(
+            HOST, qr.port, called_ae_title=AE_TITLE, contexts=query_contexts([S_FIND]), dimse_timeout=WAIT
+        )
+        try:
+            for round_ in range(15):
+                pid = list(expected)[(n + round_) % len(expected)]
+                studies = [
+                    r async for r in assoc.find(ident("STUDY", PatientID=pid, StudyInstanceUID=""), S_FIND)
+                ]
+                got = [r.identifier for r in studies if r.pending]
+                if len(got) != expected[pid] or any(str(a.PatientID) != pid for a in got):
+                    problems.append(f"client {n}: PatientID={pid}: {[str(a.PatientID) for a in got]}")
+                images = [
+                    r
+                    async for r in assoc.find(
+                        ident(
+                            "IMAGE", StudyInstanceUID=qr.study, SeriesInstanceUID=qr.series, SOPInstanceUID=""
+                        ),
+                        S_FIND,
+                    )
+                ]
+                sops = sorted(str(r.identifier.SOPInstanceUID) for r in images if r.pending)
+                if sops != sorted(qr.sops):
+                    problems.append(f"client {n}: series answered {sops}")
+                patients = [r async for r in assoc.find(ident("STUDY", PatientID="", PatientName=""), S_FIND)]
+                if sum(1 for r in patients if r.pending) < len(expected):
+                    problems.append(f"client {n}: {sum(1 for r in patients if r.pending)} studies in all")
+        finally:
+            await assoc.release()
+        return problems
+
+    async def run_all() -> list[str]:
+        results = await asyncio.gather(*(client(n) for n in range(8)))
+        return [p for r in results for p in r]
+
+    assert asyncio.run(run_all()) == []
