@@ -187,12 +187,34 @@ def _busiest(qr: QRNode, keyword: str, pred: Callable[[Dataset], bool] = lambda 
 # ---------------------------------------------------------------- DCMTK findscu
 
 
+def _patients_with_studies(qr: QRNode) -> set[str]:
+    """The Patient IDs that own a study: PS3.4 C.6.1.1.3, a study has one patient.
+
+    A Study Instance UID stored under two Patient IDs (hierarchy/patient_id_collision's
+    2.25.123 under A and B) stays with the patient the node filed it under; a Patient ID
+    whose only instances went into that study has no patient record of its own.
+    """
+    by_study: dict[str, set[str]] = {}
+    for h in qr.headers:
+        by_study.setdefault(str(h.StudyInstanceUID), set()).add(_pid(h))
+    conflicts = {uid for uid, pids in by_study.items() if len(pids) > 1}
+    owner = {
+        uid: qr.find("QueryRetrieveLevel=STUDY", f"StudyInstanceUID={uid}", "PatientID").values("PatientID")
+        for uid in conflicts
+    }
+    return {
+        _pid(h)
+        for h in qr.headers
+        if str(h.StudyInstanceUID) not in conflicts or owner[str(h.StudyInstanceUID)] == {_pid(h)}
+    }
+
+
 def test_findscu_patient_root_every_level(qr: QRNode) -> None:
     # PATIENT: every Patient ID once (PS3.4 C.6.1.1.2: Patient ID is the patient level's unique key).
     r = qr.find("QueryRetrieveLevel=PATIENT", "PatientID", "PatientName", model="-P")
     assert r.status == "Success", r.output
     ids = [str(x.PatientID) for x in r.responses]
-    assert sorted(ids) == sorted(qr.where(lambda h: True, "PatientID"))
+    assert sorted(ids) == sorted(_patients_with_studies(qr))
     assert {str(x.QueryRetrieveLevel) for x in r.responses} == {"PATIENT"}
     assert {str(x.RetrieveAETitle) for x in r.responses} == {AE_TITLE}
 
@@ -807,6 +829,12 @@ def test_same_answers_as_orthanc(qr: QRNode) -> None:
         mine, theirs = answers.pop(f"patient-{pid}-studies")
         assert theirs == studies(lambda h, pid=pid: _pid(h) == pid)
         assert mine == (theirs if pid == owner else theirs - {conflict})
+
+    # 4. At the PATIENT level, the same: a Patient ID whose only instances went into another
+    # patient's study has no patient record in the node; Orthanc lists it.
+    mine, theirs = answers.pop("patients")
+    orphans = {_pid(h) for h in shared} - _patients_with_studies(qr)
+    assert orphans and theirs - mine == orphans and not mine - theirs
 
     unexplained = {name: (a - b, b - a) for name, (a, b) in answers.items() if a != b}
     assert not unexplained, f"unexplained differences (only the node, only Orthanc): {unexplained}"

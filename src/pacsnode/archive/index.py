@@ -310,8 +310,7 @@ class ArchiveIndex:
                 recount_series.add(known.series_fk)
                 recount_studies.add(self._study_of_series(conn, known.series_fk))
                 obsolete, kind = known.path, "replaced"
-            patient_fk = self._patient(conn, record)
-            study_fk = self._study(conn, record, patient_fk)
+            study_fk = self._study(conn, record)
             series_fk = self._series(conn, record, study_fk)
             new_rows.append(
                 {
@@ -374,27 +373,36 @@ class ArchiveIndex:
         self._patients[key] = pk
         return pk
 
-    def _study(self, conn: Connection, record: InstanceRecord, patient_fk: int) -> int:
+    def _study(self, conn: Connection, record: InstanceRecord) -> int:
+        """The study's row id; a new study gets its patient (found or created) first."""
         uid = record.study_instance_uid
         cached = self._studies.get(uid)
         if cached is not None:
             return cached
         row = conn.execute(
-            select(studies.c.id, studies.c.patient_fk).where(studies.c.study_instance_uid == uid)
+            select(studies.c.id, patients.c.patient_id, patients.c.issuer_of_patient_id)
+            .join(patients, patients.c.id == studies.c.patient_fk)
+            .where(studies.c.study_instance_uid == uid)
         ).first()
         if row is not None:
-            if row.patient_fk != patient_fk:
+            identity = (record.patient.get("patient_id", ""), record.patient.get("issuer_of_patient_id", ""))
+            if (row.patient_id, row.issuer_of_patient_id) != identity:
+                # PS3.4 C.6.1.1.3: a study belongs to one patient. The instance is filed under
+                # the study as stored (its file keeps its own Patient ID), and no patient
+                # record without studies is made for the other ID.
                 log.warning(
-                    "study %s already belongs to another patient; instance %s filed under it",
+                    "study %s belongs to patient %r, instance %s says %r: filed under the study",
                     uid,
+                    row.patient_id,
                     record.sop_instance_uid,
+                    identity[0],
                 )
             pk = int(row.id)
         else:
             pk = _new_id(
                 conn,
                 studies.insert().values(
-                    patient_fk=patient_fk,
+                    patient_fk=self._patient(conn, record),
                     study_instance_uid=uid,
                     updated_at=record.received_at,
                     **record.study,
