@@ -284,3 +284,49 @@ def test_retrieve_response_fields():
     single = Dataset()
     single.FailedSOPInstanceUIDList = "1.2.3"
     assert assoc._progress(3, rsp, encode(single, EXPLICIT)).failed_sop_instance_uids == ("1.2.3",)
+
+
+# ---------------------------------------------------------------- move --port: the command receives
+
+
+def test_move_with_port_receives_the_instances_itself(make_storage_node, tmp_path):
+    from peerkit import make_instance, part10_dataset, pynetdicom_store
+
+    port = free_port()
+    node = make_storage_node(peers={"MOVEME": (HOST, port)})
+    study = "2.25.4242"
+    sent = [make_instance(study=study, InstanceNumber=i) for i in range(3)]
+    assert all(s.ok for s in pynetdicom_store(HOST, node.port, sent))
+    out = tmp_path / "moved"
+    r = pacsnode(
+        "move", "-aet", "MOVEME", "-aec", node.ae_title, "--port", str(port), "--od", str(out),
+        HOST, str(node.port), "-k", f"StudyInstanceUID={study}",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout
+    assert "3 completed, 0 failed" in r.stdout and "3 files received" in r.stdout
+    received = {part10_dataset(f)[1]: part10_dataset(f)[3] for f in out.iterdir()}
+    assert set(received) == {str(ds.SOPInstanceUID) for ds in sent}
+    # No destination and no port: nothing would receive them, a usage error.
+    assert pacsnode("move", HOST, str(node.port), "-k", f"StudyInstanceUID={study}").returncode == 2
+
+
+def test_move_with_a_port_in_use_fails_clearly(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = pacsnode(
+            "move",
+            "--port",
+            str(port),
+            "--od",
+            str(tmp_path),
+            HOST,
+            str(free_port()),
+            "-k",
+            "StudyInstanceUID=1.2",
+        )
+    assert r.returncode == 1, r.stdout
+    assert f"cannot listen on port {port}" in r.stdout

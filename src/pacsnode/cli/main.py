@@ -448,8 +448,13 @@ def find(
     "like DCMTK's movescu.\n\n"
     "The peer must know the destination AE title (its host and port). Shows the sub-operations "
     "(remaining, completed, failed, warning); lists the Failed SOP Instance UIDs. "
+    "With --port, this command is the destination too (as movescu --port): it listens there "
+    "with our AE title (-aet), which is the default move destination, and writes what it "
+    "receives into --od. "
     "Exits 1 unless every C-MOVE succeeded with no failed sub-operation, 2 on bad input.\n\n"
-    "Example: pacsnode move -aec ORTHANC -aem STORESCP 127.0.0.1 4242 -k StudyInstanceUID=1.2.3",
+    "Example: pacsnode move -aec ORTHANC -aem STORESCP 127.0.0.1 4242 -k StudyInstanceUID=1.2.3\n\n"
+    "Example: pacsnode move -aet ME -aec ORTHANC --port 11113 --od study 127.0.0.1 4242 "
+    "-k StudyInstanceUID=1.2.3",
 )
 def move(
     host: HostArg,
@@ -470,16 +475,51 @@ def move(
     acse_timeout: AcseTimeoutOpt = 30.0,
     dimse_timeout: DimseTimeoutOpt = None,
     max_pdu: MaxPduOpt = 262_144,
+    store_port: Annotated[
+        int | None,
+        typer.Option(
+            "--port",
+            "+P",
+            min=1,
+            max=65535,
+            help="Receive the instances ourselves: listen on this port (all interfaces) as -aet.",
+            show_default=False,
+        ),
+    ] = None,
+    output_dir: Annotated[
+        Path,
+        typer.Option("--od", "--output-dir", "-od", help="With --port: folder to write the instances to."),
+    ] = Path("."),
     verbose: QRVerboseOpt = 0,
 ) -> None:
     from pacsnode.cli.qr import run_move
 
     _setup_logging(max(verbose - 1, 0))
     if not move_destination:
-        raise typer.BadParameter("the move destination is required", param_hint="'-aem' / '--move-dest'")
+        if store_port is None:
+            raise typer.BadParameter(
+                "the move destination is required (or --port to receive as -aet)",
+                param_hint="'-aem' / '--move-dest'",
+            )
+        move_destination = aet  # PS3.4 C.4.2.1.3: the receiver is us
     network = (timeout, acse_timeout, dimse_timeout, max_pdu)
     options, requests = _qr_setup(host, port, (aet, aec), (patient, study), keys, query_files, network)
-    _qr_exit(lambda: run_move(options, requests, move_destination, console=err))
+    if store_port is not None:
+        try:
+            output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _fail(f"cannot create {output_dir}: {exc.strerror or exc}") from None
+    _qr_exit(
+        lambda: run_move(
+            options,
+            requests,
+            move_destination,
+            console=err,
+            store_port=store_port,
+            output=output_dir,
+            verbose=verbose,
+        )
+    )
 
 
 @app.command(

@@ -18,7 +18,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from pacsnode import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from pacsnode.cli.files import quiet_pydicom
+from pacsnode.config.settings import NetworkSettings
 from pacsnode.data.identifier import IdentifierError, build_identifier, set_key
 from pacsnode.data.transcode import TranscodeError, first_line
 from pacsnode.data.uids import (
@@ -28,6 +30,7 @@ from pacsnode.data.uids import (
     STUDY_ROOT_FIND,
     STUDY_ROOT_GET,
     STUDY_ROOT_MOVE,
+    all_transfer_syntaxes,
     uid_name,
 )
 from pacsnode.dimse.status import StatusCategory, category, describe
@@ -43,6 +46,10 @@ from pacsnode.net.client import (
 )
 from pacsnode.net.loop import run_loop
 from pacsnode.net.receive import COMMON_STORAGE_SOP_CLASSES, InstanceWriter, StoredFile
+from pacsnode.net.server import DicomServer
+from pacsnode.services.base import ServiceRegistration, ServiceRegistry
+from pacsnode.services.storage import storage_sop_classes
+from pacsnode.services.verification import verification_service
 from pacsnode.ul.negotiation import ProposedContext
 
 # PS3.4 C.6.1 (Patient Root) and C.6.2 (Study Root): the SOP classes of each model, by operation.
@@ -384,27 +391,93 @@ def _summarise(console: Console, verb: str, finals: Sequence[RetrieveProgress], 
     return ok
 
 
-def run_move(options: QROptions, requests: Sequence[Dataset], destination: str, *, console: Console) -> bool:
-    """`pacsnode move`: True when every C-MOVE ended in Success with no failed sub-operation."""
+def receiver_registry(output: Path, on_stored: Callable[[StoredFile], None]) -> ServiceRegistry:
+    """Verification and every Storage SOP class, each instance written into ``output``."""
+    writer = InstanceWriter(output, on_stored)
+    registry = ServiceRegistry()
+    registry.register(verification_service())
+    registry.register(
+        ServiceRegistration(
+            name="Storage (C-MOVE receiver)",
+            standard="PS3.4 Annex B",
+            sop_classes=storage_sop_classes(),
+            transfer_syntaxes=all_transfer_syntaxes(),
+            handler=writer,
+        )
+    )
+    return registry
+
+
+def run_move(
+    options: QROptions,
+    requests: Sequence[Dataset],
+    destination: str,
+    *,
+    console: Console,
+    store_port: int | None = None,
+    output: Path | None = None,
+    verbose: int = 0,
+) -> bool:
+    """`pacsnode move`: True when every C-MOVE ended in Success with no failed sub-operation.
+
+    With ``store_port``, the command is also the destination, as DCMTK's movescu with
+    ``--port``: a Storage SCP (AE title = our calling AE title) listens on that port for
+    the C-MOVE sub-operations and writes each instance into ``output``.
+    """
     started = time.perf_counter()
     sop_class = options.sop_class("move")
+    written: list[StoredFile] = []
+
+    def stored(item: StoredFile) -> None:
+        written.append(item)
+        if verbose:
+            console.print(f"received {escape(str(item.path))} ({escape(uid_name(item.sop_class_uid))})")
 
     async def main() -> list[RetrieveProgress]:
-        assoc = await options.connect(query_contexts([sop_class]))
-        with RetrieveDisplay(console, f"C-MOVE to {destination}") as display:
-            return await _retrieve(
-                assoc,
-                lambda ds: assoc.move(ds, sop_class, destination),
-                requests,
-                display.update,
-                options.acse_timeout,
+        server: DicomServer | None = None
+        if store_port is not None:
+            server = DicomServer(
+                ae_title=options.calling,
+                registry=receiver_registry(output or Path("."), stored),
+                network=NetworkSettings(),
+                implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+                implementation_version_name=IMPLEMENTATION_VERSION_NAME,
             )
+            await server.start("0.0.0.0", store_port)  # the peer connects back from anywhere
+        try:
+            assoc = await options.connect(query_contexts([sop_class]))
+            with RetrieveDisplay(console, f"C-MOVE to {destination}") as display:
+                return await _retrieve(
+                    assoc,
+                    lambda ds: assoc.move(ds, sop_class, destination),
+                    requests,
+                    display.update,
+                    options.acse_timeout,
+                )
+        finally:
+            if server is not None:
+                # The sub-associations end before the final C-MOVE-RSP (PS3.4 C.4.2.3.1); any
+                # still open gets the usual drain time.
+                await server.close()
 
     with quiet_pydicom():
-        finals = _run_operation(console, main)
+        try:
+            finals = _run_operation(console, main)
+        except OSError as exc:
+            console.print(
+                f"[bold red]error:[/] cannot listen on port {store_port}: {exc.strerror}", highlight=False
+            )
+            return False
     if finals is None:
         return False
-    return _summarise(console, "C-MOVE", finals, time.perf_counter() - started)
+    ok = _summarise(console, "C-MOVE", finals, time.perf_counter() - started)
+    if store_port is not None:
+        size = sum(f.size for f in written)
+        console.print(
+            f"{len(written)} files received into {escape(str(output or Path('.')))} ({size / 1e6:.1f} MB)",
+            highlight=False,
+        )
+    return ok
 
 
 def run_get(
