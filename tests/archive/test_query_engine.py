@@ -461,3 +461,32 @@ def test_paged_reading_returns_every_row(archive: Archive, monkeypatch: pytest.M
     images = find(archive, "IMAGE", SOPInstanceUID="", StudyInstanceUID="")
     expected = 2 * sum(len(s.modalities) for s in STUDIES)
     assert len(images) == len({a.SOPInstanceUID for a in images}) == expected
+
+
+@pytest.mark.parametrize(
+    ("charset", "name", "expected"),
+    [
+        (["", "ISO 2022 IR 87"], "山田*", {"S4", "S5"}),
+        ("ISO_IR 192", "山田*", {"S4", "S5"}),
+        (["", "ISO 2022 IR 149"], "홍*", {"S6"}),
+        ("GB18030", "王*", {"S7"}),
+        ("ISO_IR 100", "müller*", {"S3"}),
+    ],
+    ids=["IR87", "UTF-8", "IR149", "GB18030", "Latin-1"],
+)
+def test_queries_encoded_in_each_character_set(
+    archive: Archive, charset: str | list[str], name: str, expected: set[str]
+) -> None:
+    # Issue 4: a query in ISO 2022 IR 87, IR 149, GB18030 or UTF-8 matches names stored in
+    # any of them. The Identifier travels encoded; the node decodes it with its own
+    # Specific Character Set before matching.
+    ds = Dataset()
+    ds.SpecificCharacterSet = charset
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.PatientName = name
+    ds.StudyInstanceUID = ""
+    data = encode(ds, EXPLICIT_VR_LITTLE_ENDIAN)
+    assert name.encode("utf-8") not in data or charset == "ISO_IR 192"  # really encoded
+    request = decode_identifier(data, EXPLICIT_VR_LITTLE_ENDIAN)
+    answers = [a.dataset() for a in archive.engine.find(prepare(request, "STUDY", QueryOptions()))]
+    assert labels(archive, answers) == expected
