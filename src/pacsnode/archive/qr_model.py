@@ -29,6 +29,17 @@ MODELS: dict[str, tuple[str, str]] = {
     STUDY_ROOT_GET: (STUDY, "get"),
 }
 
+
+def model_sop_class(root: str, operation: str) -> str:
+    """The SOP class of an operation ("find", "move", "get") in the PATIENT or STUDY root model."""
+    return next(sop for sop, model in MODELS.items() if model == (root, operation))
+
+
+def model_sop_classes(operation: str) -> tuple[str, ...]:
+    """The SOP classes of an operation, Patient Root first."""
+    return tuple(sop for sop, (_root, op) in MODELS.items() if op == operation)
+
+
 QUERY_RETRIEVE_LEVEL = 0x00080052
 SPECIFIC_CHARACTER_SET = 0x00080005
 RETRIEVE_AE_TITLE = 0x00080054

@@ -19,20 +19,12 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from pacsnode import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from pacsnode.archive.qr_model import model_sop_class
 from pacsnode.cli.files import quiet_pydicom
 from pacsnode.config.settings import NetworkSettings
 from pacsnode.data.identifier import IdentifierError, build_identifier, set_key
 from pacsnode.data.transcode import TranscodeError, first_line
-from pacsnode.data.uids import (
-    PATIENT_ROOT_FIND,
-    PATIENT_ROOT_GET,
-    PATIENT_ROOT_MOVE,
-    STUDY_ROOT_FIND,
-    STUDY_ROOT_GET,
-    STUDY_ROOT_MOVE,
-    all_transfer_syntaxes,
-    uid_name,
-)
+from pacsnode.data.uids import all_transfer_syntaxes, uid_name
 from pacsnode.dimse.status import StatusCategory, category, describe
 from pacsnode.net.client import (
     Association,
@@ -52,11 +44,6 @@ from pacsnode.services.storage import storage_sop_classes
 from pacsnode.services.verification import verification_service
 from pacsnode.ul.negotiation import ProposedContext
 
-# PS3.4 C.6.1 (Patient Root) and C.6.2 (Study Root): the SOP classes of each model, by operation.
-MODELS = {
-    "patient": {"find": PATIENT_ROOT_FIND, "move": PATIENT_ROOT_MOVE, "get": PATIENT_ROOT_GET},
-    "study": {"find": STUDY_ROOT_FIND, "move": STUDY_ROOT_MOVE, "get": STUDY_ROOT_GET},
-}
 # Return keys asked for when the user gives none (PS3.4 C.6.1.1, C.6.2.1: keys of each level).
 DEFAULT_KEYS = {
     "PATIENT": ("PatientName", "PatientID", "PatientBirthDate", "PatientSex"),
@@ -96,7 +83,7 @@ class QROptions:
 
     def sop_class(self, operation: str) -> str:
         """The SOP class UID of `operation` ("find", "move", "get") in the chosen model."""
-        return MODELS[self.model][operation]
+        return model_sop_class(self.model.upper(), operation)
 
     async def connect(
         self, contexts: Sequence[ProposedContext], handlers: dict[str, InstanceWriter] | None = None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -256,7 +255,6 @@ class Association:
         self.protocol = protocol
         self.negotiated = negotiated
         self.dimse_timeout = dimse_timeout
-        self._ids = itertools.count(1)
         self._outstanding: dict[int, int] = {}  # message ID -> context ID of a C-FIND/GET/MOVE
 
     @property
@@ -266,7 +264,7 @@ class Association:
 
     def next_message_id(self) -> int:
         """A fresh Message ID (PS3.7 9.1.1.1: unique among outstanding requests)."""
-        return next(self._ids) & 0xFFFF or next(self._ids)
+        return self.protocol.next_message_id()
 
     async def request(
         self, context_id: int, command: Command, dataset: DataSetSource | None = None

@@ -23,6 +23,7 @@ from pacsnode.archive.qr_model import (
     MODELS,
     SPECIFIC_CHARACTER_SET,
     QueryOptions,
+    model_sop_classes,
 )
 from pacsnode.archive.query import (
     Answer,
@@ -42,12 +43,7 @@ from pacsnode.data.transcode import decode, encode, transcode
 from pacsnode.data.uids import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
-    PATIENT_ROOT_FIND,
-    PATIENT_ROOT_GET,
-    PATIENT_ROOT_MOVE,
-    STUDY_ROOT_FIND,
-    STUDY_ROOT_GET,
-    STUDY_ROOT_MOVE,
+    uid_name,
 )
 from pacsnode.dimse.commands import Command, CommandField, Priority
 from pacsnode.dimse.messages import c_store_rq, response_to
@@ -667,18 +663,9 @@ class QueryRetrieveSCP:
 
 # ---------------------------------------------------------------- registrations
 
-_FIND = (
-    SOPClass(PATIENT_ROOT_FIND, "Patient Root Query/Retrieve Information Model - FIND"),
-    SOPClass(STUDY_ROOT_FIND, "Study Root Query/Retrieve Information Model - FIND"),
-)
-_MOVE = (
-    SOPClass(PATIENT_ROOT_MOVE, "Patient Root Query/Retrieve Information Model - MOVE"),
-    SOPClass(STUDY_ROOT_MOVE, "Study Root Query/Retrieve Information Model - MOVE"),
-)
-_GET = (
-    SOPClass(PATIENT_ROOT_GET, "Patient Root Query/Retrieve Information Model - GET"),
-    SOPClass(STUDY_ROOT_GET, "Study Root Query/Retrieve Information Model - GET"),
-)
+
+def _sop_classes(operation: str) -> tuple[SOPClass, ...]:
+    return tuple(SOPClass(uid, uid_name(uid)) for uid in model_sop_classes(operation))
 
 
 def query_retrieve_services(
@@ -691,7 +678,7 @@ def query_retrieve_services(
         ServiceRegistration(
             name="Query/Retrieve - FIND",
             standard="PS3.4 Annex C",
-            sop_classes=_FIND,
+            sop_classes=_sop_classes("find"),
             negotiate_extended=find_extended_negotiation,
             extended_negotiation=(
                 "Relational queries, combined date and time range matching and fuzzy semantic "
@@ -722,7 +709,7 @@ def query_retrieve_services(
         ServiceRegistration(
             name="Query/Retrieve - MOVE",
             standard="PS3.4 Annex C",
-            sop_classes=_MOVE,
+            sop_classes=_sop_classes("move"),
             negotiate_extended=retrieve_extended_negotiation,
             extended_negotiation="Relational retrieval is accepted when proposed.",
             notes=(
@@ -745,7 +732,7 @@ def query_retrieve_services(
         ServiceRegistration(
             name="Query/Retrieve - GET",
             standard="PS3.4 Annex C",
-            sop_classes=_GET,
+            sop_classes=_sop_classes("get"),
             negotiate_extended=retrieve_extended_negotiation,
             extended_negotiation="Relational retrieval is accepted when proposed.",
             notes=(
