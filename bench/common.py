@@ -43,15 +43,23 @@ def _item(item_type: int, payload: bytes) -> bytes:
     return struct.pack(">BBH", item_type, 0, len(payload)) + payload
 
 
-def associate_rq(called: str, calling: str) -> bytes:
-    """A-ASSOCIATE-RQ (PS3.8 9.3.2) proposing Verification with Implicit VR Little Endian."""
-    context = _item(
-        0x20,
-        bytes([1, 0, 0, 0]) + _item(0x30, VERIFICATION.encode()) + _item(0x40, IMPLICIT_VR_LE.encode()),
+def associate_rq(
+    called: str,
+    calling: str,
+    contexts: Sequence[tuple[int, str]] = ((1, VERIFICATION),),
+    max_pdu: int = 16384,
+) -> bytes:
+    """A-ASSOCIATE-RQ (PS3.8 9.3.2): each (context ID, abstract syntax) with Implicit VR Little Endian."""
+    proposed = b"".join(
+        _item(
+            0x20,
+            bytes([context_id, 0, 0, 0]) + _item(0x30, sop.encode()) + _item(0x40, IMPLICIT_VR_LE.encode()),
+        )
+        for context_id, sop in contexts
     )
     user = _item(
         0x50,
-        _item(0x51, struct.pack(">I", 16384))
+        _item(0x51, struct.pack(">I", max_pdu))
         + _item(0x52, IMPLEMENTATION_UID.encode())
         + _item(0x55, b"PACSNODE_BENCH"),
     )
@@ -61,7 +69,7 @@ def associate_rq(called: str, calling: str) -> bytes:
         + calling.encode().ljust(16)
         + bytes(32)
         + _item(0x10, APPLICATION_CONTEXT.encode())
-        + context
+        + proposed
         + user
     )
     return struct.pack(">BBI", 0x01, 0, len(body)) + body
@@ -85,7 +93,7 @@ def c_echo_rq(message_id: int) -> bytes:
 
 
 class ProtocolFailure(Exception):
-    """The peer answered something other than what a successful echo needs."""
+    """The peer refused the association, answered a failure, or broke the protocol."""
 
 
 def _command_status(command: bytes) -> int:
@@ -102,13 +110,23 @@ def _command_status(command: bytes) -> int:
 class RawAssociation:
     """A minimal blocking requestor: whole PDUs in one send each, exact reads, nothing else."""
 
-    def __init__(self, port: int, called: str, *, nodelay: bool) -> None:
-        self.sock = socket.create_connection((LOOPBACK, port), timeout=IO_TIMEOUT)
+    def __init__(
+        self,
+        port: int,
+        called: str,
+        *,
+        nodelay: bool,
+        calling: str = "BENCH",
+        contexts: Sequence[tuple[int, str]] = ((1, VERIFICATION),),
+        max_pdu: int = 16384,
+        timeout: float = IO_TIMEOUT,
+    ) -> None:
+        self.sock = socket.create_connection((LOOPBACK, port), timeout=timeout)
         if nodelay:
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.message_id = 0
-        self.sock.sendall(associate_rq(called, "BENCH"))
-        pdu_type, _ = self._read_pdu()
+        self.sock.sendall(associate_rq(called, calling, contexts, max_pdu))
+        pdu_type, self.accept = self._read_pdu()  # the A-ASSOCIATE-AC's body
         if pdu_type != 0x02:
             self.sock.close()
             raise ProtocolFailure(f"association not accepted (PDU type 0x{pdu_type:02X})")

@@ -8,12 +8,10 @@ everyday view: it is what most Python tools use).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import socket
 import struct
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,23 +21,18 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
-LOOPBACK = "127.0.0.1"
+from bench.common import IMPLICIT_VR_LE, LOOPBACK, VERIFICATION, ProtocolFailure, RawAssociation, c_echo_rq
+
 IO_TIMEOUT = 60.0
 
-VERIFICATION = "1.2.840.10008.1.1"
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"  # PS3.4 C.6.2.1 Study Root Query/Retrieve - FIND
-IMPLICIT_VR_LE = "1.2.840.10008.1.2"
-APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
-IMPLEMENTATION_UID = f"2.25.{uuid.uuid5(uuid.NAMESPACE_URL, 'pacsnode/bench/query').int}"
-ECHO_CONTEXT = 1
+ECHO_CONTEXT = 1  # as bench.common.c_echo_rq sends it
 FIND_CONTEXT = 3
-RELEASE_RQ = struct.pack(">BBIxxxx", 0x05, 0, 4)  # PS3.8 9.3.6
-ABORT = struct.pack(">BBIxxBB", 0x07, 0, 4, 0, 0)  # PS3.8 9.3.8
 PENDING = (0xFF00, 0xFF01)  # PS3.4 C.4.1.1.4
 NO_DATA_SET = 0x0101  # PS3.7 E.1-1 Command Data Set Type
 
 
-class QueryFailure(Exception):
+class QueryFailure(ProtocolFailure):
     """The server refused the association, answered a failure status, or broke the protocol."""
 
 
@@ -53,40 +46,6 @@ class Query:
 
 
 # --------------------------------------------------------------------------- encoding
-
-
-def _item(item_type: int, payload: bytes) -> bytes:
-    return struct.pack(">BBH", item_type, 0, len(payload)) + payload
-
-
-def _context(context_id: int, abstract_syntax: str) -> bytes:
-    return _item(
-        0x20,
-        bytes([context_id, 0, 0, 0])
-        + _item(0x30, abstract_syntax.encode())
-        + _item(0x40, IMPLICIT_VR_LE.encode()),
-    )
-
-
-def associate_rq(called: str, calling: str) -> bytes:
-    """A-ASSOCIATE-RQ (PS3.8 9.3.2): Verification and Study Root FIND, Implicit VR Little Endian."""
-    user = _item(
-        0x50,
-        _item(0x51, struct.pack(">I", 65536))
-        + _item(0x52, IMPLEMENTATION_UID.encode())
-        + _item(0x55, b"PACSNODE_BENCH"),
-    )
-    body = (
-        struct.pack(">HH", 1, 0)
-        + called.encode().ljust(16)
-        + calling.encode().ljust(16)
-        + bytes(32)
-        + _item(0x10, APPLICATION_CONTEXT.encode())
-        + _context(ECHO_CONTEXT, VERIFICATION)
-        + _context(FIND_CONTEXT, STUDY_ROOT_FIND)
-        + user
-    )
-    return struct.pack(">BBI", 0x01, 0, len(body)) + body
 
 
 def _element_us(tag: int, value: int) -> bytes:
@@ -108,17 +67,6 @@ def _command(elements: bytes) -> bytes:
 def _p_data(context_id: int, header: int, payload: bytes) -> bytes:
     pdv = struct.pack(">IBB", len(payload) + 2, context_id, header) + payload
     return struct.pack(">BBI", 0x04, 0, len(pdv)) + pdv
-
-
-def c_echo_rq(message_id: int) -> bytes:
-    """A whole C-ECHO-RQ (PS3.7 9.3.5.1) in one P-DATA-TF."""
-    elements = (
-        _element_ui(0x00000002, VERIFICATION)
-        + _element_us(0x00000100, 0x0030)
-        + _element_us(0x00000110, message_id & 0xFFFF)
-        + _element_us(0x00000800, NO_DATA_SET)
-    )
-    return _p_data(ECHO_CONTEXT, 0x03, _command(elements))
 
 
 def encode_identifier(ds: Dataset) -> bytes:
@@ -156,24 +104,24 @@ def _command_us(command: bytes, wanted: int) -> int | None:
 # --------------------------------------------------------------------------- raw client
 
 
-class RawClient:
+class RawClient(RawAssociation):
     """A blocking requestor on one association; one request in flight at a time."""
 
     name = "raw"
 
     def __init__(self, port: int, called: str, calling: str = "BENCHQUERY") -> None:
-        self.sock = socket.create_connection((LOOPBACK, port), timeout=IO_TIMEOUT)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.message_id = 0
+        super().__init__(
+            port,
+            called,
+            nodelay=True,
+            calling=calling,
+            contexts=((ECHO_CONTEXT, VERIFICATION), (FIND_CONTEXT, STUDY_ROOT_FIND)),
+            max_pdu=65536,
+            timeout=IO_TIMEOUT,
+        )
         self._pdvs: deque[tuple[int, bytes]] = deque()
-        self.sock.sendall(associate_rq(called, calling))
-        pdu_type, body = self._read_pdu()
-        if pdu_type != 0x02:
+        if FIND_CONTEXT not in self._accepted_contexts(self.accept):
             self.sock.close()
-            raise QueryFailure(f"association not accepted (PDU type 0x{pdu_type:02X})")
-        accepted = self._accepted_contexts(body)
-        if FIND_CONTEXT not in accepted:
-            self.abort()
             raise QueryFailure("the server did not accept Study Root Query/Retrieve - FIND")
 
     @staticmethod
@@ -187,21 +135,6 @@ class RawClient:
                 accepted.add(body[offset + 4])
             offset += 4 + length
         return accepted
-
-    def _read_exact(self, n: int) -> bytes:
-        buf = bytearray(n)
-        view = memoryview(buf)
-        got = 0
-        while got < n:
-            k = self.sock.recv_into(view[got:])
-            if not k:
-                raise QueryFailure("connection closed by the peer")
-            got += k
-        return bytes(buf)
-
-    def _read_pdu(self) -> tuple[int, bytes]:
-        pdu_type, _, length = struct.unpack(">BBI", self._read_exact(6))
-        return pdu_type, self._read_exact(length)
 
     def _pdv(self) -> tuple[int, bytes]:
         """The next PDV (message control header, fragment), reading a PDU when none is left."""
@@ -260,19 +193,6 @@ class RawClient:
             if status != 0:
                 raise QueryFailure(f"C-FIND status 0x{status or 0:04X} after {matches} matches")
             return matches
-
-    def release(self) -> None:
-        """A-RELEASE-RQ, wait for A-RELEASE-RP, close."""
-        try:
-            self.sock.sendall(RELEASE_RQ)
-            self._read_pdu()
-        finally:
-            self.sock.close()
-
-    def abort(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.sendall(ABORT)
-        self.sock.close()
 
 
 # --------------------------------------------------------------------------- pynetdicom client
