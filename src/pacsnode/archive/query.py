@@ -15,7 +15,7 @@ import logging
 import threading
 import warnings
 from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -157,8 +157,6 @@ class PreparedQuery:
     keys: list[Key]
     options: QueryOptions
     requested: frozenset[int]  # the tags of the identifier
-    # Keys whose match SQL decides exactly; the others are checked in Python too.
-    sql_exact: set[int] = field(default_factory=set)
 
     @property
     def needs_file(self) -> bool:
@@ -461,6 +459,11 @@ def build_select(query: PreparedQuery) -> Select[Any]:
     No ORDER BY: C-FIND answers in no particular order (PS3.4 C.4.1.2.3), and a sort
     would hold the first answer back until the last row is read.
     """
+    return _select(query)[0]
+
+
+def _select(query: PreparedQuery) -> tuple[Select[Any], set[int]]:
+    """The SELECT, and the keys whose match it decides exactly (the others are checked in Python)."""
     level = query.level
     wanted = frozenset(k.tag for k in query.keys if k.tag in COLUMNS or k.tag in _PATIENT_COUNTS)
     stmt = _base_select(level, wanted, query.needs_file)
@@ -469,10 +472,9 @@ def build_select(query: PreparedQuery) -> Select[Any]:
     for key in query.keys:
         if key.tag in exact or key.matcher.is_universal:
             continue
-        found = COLUMNS.get(key.tag)
-        if found is None or found.kind == "count":
+        spec = COLUMNS.get(key.tag)
+        if spec is None or spec.kind == "count":
             continue
-        spec = found
         if DEPTH[spec.level] > DEPTH[level]:
             cond = _text_condition(_col(key.tag), key.matcher, spec.kind)
             if cond is not None:
@@ -495,8 +497,7 @@ def build_select(query: PreparedQuery) -> Select[Any]:
         stmt = stmt.where(_TABLES[level].c.id.in_(_below_subquery(level, below)))
     if conditions:
         stmt = stmt.where(*conditions)
-    query.sql_exact = exact
-    return stmt
+    return stmt, exact
 
 
 def _below_subquery(level: str, conditions: list[ColumnElement[bool]]) -> Select[Any]:
@@ -552,7 +553,7 @@ class QueryEngine:
         server yields them, memory stays bounded); a selective query skips it, saving its
         round trips.  SQLite's cursor always steps lazily.
         """
-        stmt = build_select(query)
+        stmt, exact = _select(query)
         sent = 0
         rows = self._rows(stmt, _TABLES[query.level].c.id, stream)
         try:
@@ -560,7 +561,7 @@ class QueryEngine:
                 if cancelled is not None and cancelled.is_set():
                     return
                 candidate = _Candidate(row)
-                if not self._confirm(query, candidate):
+                if not self._confirm(query, candidate, exact):
                     continue
                 yield self._answer(query, candidate)
                 sent += 1
@@ -665,16 +666,15 @@ class QueryEngine:
         elem = self._header(candidate).get(tag)
         return multi_values(None if elem is None else elem.value)
 
-    def _confirm(self, query: PreparedQuery, candidate: _Candidate) -> bool:
+    def _confirm(self, query: PreparedQuery, candidate: _Candidate, exact: set[int]) -> bool:
+        """Whether an entity SQL found matches the keys SQL could not decide exactly."""
         options = query.options
         for key in query.keys:
-            if key.tag in query.sql_exact or key.matcher.is_universal:
+            if key.tag in exact or key.matcher.is_universal:
                 continue
             spec = COLUMNS.get(key.tag)
-            if spec is not None and (spec.kind == "count" or DEPTH[spec.level] > DEPTH[query.level]):
-                continue
-            if key.tag in _PATIENT_COUNTS:
-                continue
+            if (spec is not None and spec.kind == "count") or key.tag in _PATIENT_COUNTS:
+                continue  # computed attributes are returned, not matched
             if key.level is not None and DEPTH[key.level] > DEPTH[query.level]:
                 continue  # relational key below the level: decided in SQL
             if key.matcher.kind is Kind.SEQUENCE:
