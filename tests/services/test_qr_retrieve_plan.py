@@ -40,6 +40,21 @@ def test_more_than_128_contexts_take_several_associations() -> None:
     assert all(len({(c.abstract_syntax, tuple(c.transfer_syntaxes)) for c in p}) == len(p) for p in plans)
 
 
+def test_a_sop_class_is_never_split_over_two_associations() -> None:
+    # One class with one context first: the 128-context boundary falls inside a later
+    # class (its stored syntax on one association, its uncompressed fallback on the next),
+    # unless plans are made of whole classes.
+    refs = [ref(CT, EXPLICIT_VR_LITTLE_ENDIAN)]
+    refs += [ref(f"1.2.840.10008.5.1.4.1.1.{n}", JPEG_LOSSLESS) for n in range(100, 200)]
+    plans = plan_contexts(refs)
+    assert sum(len(p) for p in plans) == 1 + 2 * 100
+    assert all(len(p) <= 128 for p in plans)
+    homes = {}
+    for number, plan in enumerate(plans):
+        for ctx in plan:
+            assert homes.setdefault(ctx.abstract_syntax, number) == number, ctx.abstract_syntax
+
+
 def test_the_stored_syntax_wins_else_uncompressed_else_nothing() -> None:
     accepted = [
         NegotiatedContext(1, CT, IMPLICIT_VR_LITTLE_ENDIAN),

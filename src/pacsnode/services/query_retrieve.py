@@ -324,16 +324,24 @@ def _chunks(path: Path, offset: int) -> Iterator[bytes]:
 def plan_contexts(refs: Sequence[InstanceRef]) -> list[list[ProposedContext]]:
     """Presentation contexts for a C-MOVE sub-association: each stored syntax, and uncompressed.
 
-    More than 128 contexts are split over several associations (PS3.8 9.3.2.2).
+    More than 128 contexts are split over several associations (PS3.8 9.3.2.2), never
+    the contexts of one SOP class: its instances go on one association, which has both
+    their stored syntaxes and the uncompressed fallback.
     """
-    wanted: dict[tuple[str, tuple[str, ...]], None] = {}
+    by_class: dict[str, dict[tuple[str, ...], None]] = {}
     for ref in refs:
+        syntaxes = by_class.setdefault(ref.sop_class_uid, {})
         if ref.transfer_syntax_uid not in _UNCOMPRESSED:
-            wanted[(ref.sop_class_uid, (ref.transfer_syntax_uid,))] = None
+            syntaxes[(ref.transfer_syntax_uid,)] = None
         # PS3.4 C.4.2.3.1: the SCP may convert; uncompressed is what every SCP accepts.
-        wanted[(ref.sop_class_uid, _UNCOMPRESSED)] = None
-    contexts = [ProposedContext(sop, ts) for sop, ts in wanted]
-    return [contexts[i : i + _MAX_CONTEXTS] for i in range(0, len(contexts), _MAX_CONTEXTS)] or [[]]
+        syntaxes[_UNCOMPRESSED] = None
+    plans: list[list[ProposedContext]] = [[]]
+    for sop, syntaxes in by_class.items():
+        group = [ProposedContext(sop, ts) for ts in syntaxes]
+        if len(plans[-1]) + len(group) > _MAX_CONTEXTS:
+            plans.append([])
+        plans[-1].extend(group)
+    return plans
 
 
 def choose_context(
