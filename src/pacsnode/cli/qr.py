@@ -378,6 +378,26 @@ def _summarise(console: Console, verb: str, finals: Sequence[RetrieveProgress], 
     return ok
 
 
+@dataclass
+class _Received:
+    """The instances a retrieve wrote: each said as it comes (with -v), then their sum."""
+
+    console: Console
+    verbose: int
+    files: list[StoredFile] = field(default_factory=list)
+
+    def __call__(self, item: StoredFile) -> None:
+        self.files.append(item)
+        if self.verbose:
+            self.console.print(f"received {escape(str(item.path))} ({escape(uid_name(item.sop_class_uid))})")
+
+    def summary(self, verb: str, folder: Path) -> None:
+        size = sum(f.size for f in self.files)
+        self.console.print(
+            f"{len(self.files)} files {verb} {escape(str(folder))} ({size / 1e6:.1f} MB)", highlight=False
+        )
+
+
 def receiver_registry(output: Path, on_stored: Callable[[StoredFile], None]) -> ServiceRegistry:
     """Verification and every Storage SOP class, each instance written into ``output``."""
     writer = InstanceWriter(output, on_stored)
@@ -413,19 +433,14 @@ def run_move(
     """
     started = time.perf_counter()
     sop_class = options.sop_class("move")
-    written: list[StoredFile] = []
-
-    def stored(item: StoredFile) -> None:
-        written.append(item)
-        if verbose:
-            console.print(f"received {escape(str(item.path))} ({escape(uid_name(item.sop_class_uid))})")
+    received = _Received(console, verbose)
 
     async def main() -> list[RetrieveProgress]:
         server: DicomServer | None = None
         if store_port is not None:
             server = DicomServer(
                 ae_title=options.calling,
-                registry=receiver_registry(output or Path("."), stored),
+                registry=receiver_registry(output or Path("."), received),
                 network=NetworkSettings(),
                 implementation_class_uid=IMPLEMENTATION_CLASS_UID,
                 implementation_version_name=IMPLEMENTATION_VERSION_NAME,
@@ -459,11 +474,7 @@ def run_move(
         return False
     ok = _summarise(console, "C-MOVE", finals, time.perf_counter() - started)
     if store_port is not None:
-        size = sum(f.size for f in written)
-        console.print(
-            f"{len(written)} files received into {escape(str(output or Path('.')))} ({size / 1e6:.1f} MB)",
-            highlight=False,
-        )
+        received.summary("received into", output or Path("."))
     return ok
 
 
@@ -479,14 +490,9 @@ def run_get(
     """`pacsnode get`: write the instances into `output`; True when every C-GET fully succeeded."""
     started = time.perf_counter()
     sop_class = options.sop_class("get")
-    written: list[StoredFile] = []
+    received = _Received(console, verbose)
 
-    def stored(item: StoredFile) -> None:
-        written.append(item)
-        if verbose:
-            console.print(f"received {escape(str(item.path))} ({escape(uid_name(item.sop_class_uid))})")
-
-    writer = InstanceWriter(output, stored)
+    writer = InstanceWriter(output, received)
     contexts = get_contexts([sop_class], COMMON_STORAGE_SOP_CLASSES, extra_transfer_syntaxes)
     handlers = {ctx.abstract_syntax: writer for ctx in contexts if ctx.scp_role}
 
@@ -502,10 +508,7 @@ def run_get(
     if finals is None:
         return False
     ok = _summarise(console, "C-GET", finals, time.perf_counter() - started)
-    size = sum(f.size for f in written)
-    console.print(
-        f"{len(written)} files written to {escape(str(output))} ({size / 1e6:.1f} MB)", highlight=False
-    )
+    received.summary("written to", output)
     return ok
 
 
