@@ -433,10 +433,7 @@ class AssociationProtocol(asyncio.Protocol):
         self, context_id: int, command: Command, dataset: bytes | memoryview | None = None
     ) -> None:
         """Fragment and send one DIMSE message on a presentation context."""
-        if self.ul.state not in (State.Sta6, State.Sta8):
-            raise AssociationClosed(f"cannot send in {self.ul.state.name}")
-        self.ul.send_pdata(encode_message(context_id, command, dataset, self._peer_max))
-        self.flush()
+        self._write_pdus([encode_message(context_id, command, dataset, self._peer_max)])
 
     async def send_stream(
         self,
@@ -487,8 +484,9 @@ class AssociationProtocol(asyncio.Protocol):
                 close()
 
     def _write_pdus(self, pdus: list[bytes]) -> None:
+        """Queue whole P-DATA-TF PDUs and write them out (PS3.8: only in Sta6, or Sta8 before release)."""
         if self.ul.state not in (State.Sta6, State.Sta8):
-            raise AssociationClosed(f"association ended while sending ({self.ul.state.name})")
+            raise AssociationClosed(f"cannot send in {self.ul.state.name}: the association has ended")
         self.ul.send_pdata(b"".join(pdus))
         self.flush()
 
