@@ -90,8 +90,7 @@ def test_extended_negotiation_answer() -> None:
 
 
 def test_dataset_offset_of_own_and_other_files(tmp_path: Path) -> None:
-    from pacsnode.data.part10 import layout_of
-    from pacsnode.services.query_retrieve import dataset_offset
+    from pacsnode.data.part10 import dataset_offset, layout_of
     from peerkit import make_instance
 
     ds = make_instance()

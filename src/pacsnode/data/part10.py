@@ -101,3 +101,15 @@ def layout_of(path: Path) -> Part10Layout:
     """``read_layout`` for a file on disk."""
     with path.open("rb") as fp:
         return read_layout(fp)
+
+
+def dataset_offset(head: bytes, path: Path) -> int:
+    """Where the data set of a stored Part 10 file starts (PS3.10 7.1).
+
+    The node's own files: a 128-byte preamble, "DICM", then (0002,0000) File Meta
+    Information Group Length, whose value gives the end of the meta group; any
+    other layout is read by pydicom.
+    """
+    if len(head) >= 144 and head[128:132] == b"DICM" and head[132:140] == b"\x02\x00\x00\x00UL\x04\x00":
+        return 144 + int.from_bytes(head[140:144], "little")
+    return layout_of(path).dataset_offset

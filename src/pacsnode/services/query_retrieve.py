@@ -38,7 +38,7 @@ from pacsnode.archive.query import (
 from pacsnode.config.settings import Settings
 from pacsnode.data.elements import MalformedDataSet, codec_of, decode_flat, encode_elements, text_value
 from pacsnode.data.header import truncation
-from pacsnode.data.part10 import layout_of
+from pacsnode.data.part10 import dataset_offset
 from pacsnode.data.transcode import decode, encode, transcode
 from pacsnode.data.uids import (
     EXPLICIT_VR_LITTLE_ENDIAN,
@@ -283,18 +283,6 @@ class Counts:
         if not final:
             out["number_of_remaining_suboperations"] = self.remaining
         return out
-
-
-def dataset_offset(head: bytes, path: Path) -> int:
-    """Where the data set of a stored Part 10 file starts (PS3.10 7.1).
-
-    The node's own files: a 128-byte preamble, "DICM", then (0002,0000) File Meta
-    Information Group Length, whose value gives the end of the meta group; any
-    other layout is read by pydicom.
-    """
-    if len(head) >= 144 and head[128:132] == b"DICM" and head[132:140] == b"\x02\x00\x00\x00UL\x04\x00":
-        return 144 + int.from_bytes(head[140:144], "little")
-    return layout_of(path).dataset_offset
 
 
 def load_payload(path: Path, ref: InstanceRef, transfer_syntax: str) -> bytes | Iterator[bytes]:
