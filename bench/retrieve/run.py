@@ -236,10 +236,9 @@ class Source:
                 _pg_admin(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)')
 
 
-def c_get(server: Server, study_uid: str, out: Path, env: dict[str, str]) -> float:
-    """getscu of the whole study into ``out``: wall time."""
-    argv = ["getscu", "-aet", GET_AET, "-aec", server.aet, "-S", *DCMTK_TIMEOUTS, "-od", str(out)]
-    argv += [
+def _study_at(server: Server, study_uid: str) -> list[str]:
+    """The keys naming one study at STUDY level, then the server's address."""
+    return [
         "-k",
         "QueryRetrieveLevel=STUDY",
         "-k",
@@ -247,21 +246,18 @@ def c_get(server: Server, study_uid: str, out: Path, env: dict[str, str]) -> flo
         LOOPBACK,
         str(server.port),
     ]
-    return _run(argv, env)
+
+
+def c_get(server: Server, study_uid: str, out: Path, env: dict[str, str]) -> float:
+    """getscu of the whole study into ``out``: wall time."""
+    argv = ["getscu", "-aet", GET_AET, "-aec", server.aet, "-S", *DCMTK_TIMEOUTS, "-od", str(out)]
+    return _run([*argv, *_study_at(server, study_uid)], env)
 
 
 def c_move(server: Server, study_uid: str, destination: str, env: dict[str, str]) -> float:
     """movescu of the whole study to a storescp (STORESCP or SINK): wall time."""
     argv = ["movescu", "-aet", MOVE_AET, "-aec", server.aet, "-aem", destination, "-S", *DCMTK_TIMEOUTS]
-    argv += [
-        "-k",
-        "QueryRetrieveLevel=STUDY",
-        "-k",
-        f"StudyInstanceUID={study_uid}",
-        LOOPBACK,
-        str(server.port),
-    ]
-    return _run(argv, env)
+    return _run([*argv, *_study_at(server, study_uid)], env)
 
 
 def store_baseline(receiver: Receiver, dataset: DataSet, env: dict[str, str]) -> float:
