@@ -128,10 +128,12 @@ def make_storage_node(tmp_path: Path, index_url: str) -> Iterator[Callable[..., 
     default_url = index_url
     started: list[Any] = []
 
-    def start(*, data: Path | None = None, index_url: str | None = None, **options: Any) -> Any:
+    def start(
+        *, data: Path | None = None, index_url: str | None = None, http: bool = False, **options: Any
+    ) -> Any:
         folder = data if data is not None else tmp_path / f"data{len(started)}"
         url = index_url if index_url is not None else default_url
-        node = start_threaded_node(storage_settings(folder, url, **options))
+        node = start_threaded_node(storage_settings(folder, url, **options), http=http)
         started.append(node)
         return node
 
@@ -176,9 +178,9 @@ def make_module_storage_node(
 
     started: list[Any] = []
 
-    def start(*, data: Path | None = None, **options: Any) -> Any:
+    def start(*, data: Path | None = None, http: bool = False, **options: Any) -> Any:
         folder = data if data is not None else tmp_path_factory.mktemp("node")
-        node = start_threaded_node(storage_settings(folder, module_index_url, **options))
+        node = start_threaded_node(storage_settings(folder, module_index_url, **options), http=http)
         started.append(node)
         return node
 

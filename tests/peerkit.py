@@ -503,6 +503,7 @@ def storage_settings(
     network: dict[str, Any] | None = None,
     peers: dict[str, tuple[str, int]] | None = None,
     query: dict[str, Any] | None = None,
+    web: dict[str, Any] | None = None,
     **storage: Any,
 ) -> Settings:
     """Node settings for tests: port 0, this data folder and index, short shutdown.
@@ -513,7 +514,7 @@ def storage_settings(
     from pacsnode.config.settings import load_settings
 
     overrides: dict[str, dict[str, Any]] = {
-        "node": {"data": data, "dicom_port": 0, "aet": aet},
+        "node": {"data": data, "dicom_port": 0, "http_port": 0, "aet": aet},
         "network": {"shutdown_timeout": 2.0, **(network or {})},
         "storage": {"index_url": index_url, **storage},
     }
@@ -521,6 +522,8 @@ def storage_settings(
         overrides["peers"] = {ae: {"host": host, "port": port} for ae, (host, port) in peers.items()}
     if query:
         overrides["query"] = dict(query)
+    if web:
+        overrides["web"] = dict(web)
     return load_settings(None, overrides, environ={})
 
 
@@ -544,6 +547,17 @@ class ThreadedNode:
     @property
     def data(self) -> Path:
         return Path(self.settings.node.data)
+
+    @property
+    def http_url(self) -> str:
+        """The node's HTTP root (started with ``web=True``), e.g. http://127.0.0.1:PORT."""
+        port = next(c.port for c in self.node.companions if hasattr(c, "port"))
+        return f"http://{self.host}:{port}"
+
+    @property
+    def dicomweb_url(self) -> str:
+        """The node's DICOMweb root (PS3.18 service root)."""
+        return self.http_url + self.settings.web.base_path
 
     @property
     def index(self) -> Any:
@@ -581,8 +595,9 @@ class ThreadedNode:
                 self._index.dispose()
 
 
-def start_threaded_node(settings: Settings) -> ThreadedNode:
-    """Start a Node with these settings on a fresh (uv)loop in a daemon thread."""
+def start_threaded_node(settings: Settings, *, http: bool = False) -> ThreadedNode:
+    """Start a Node with these settings on a fresh (uv)loop in a daemon thread; ``http``: with its
+    HTTP server (DICOMweb) on a port of its own."""
     from pacsnode.net.node import Node
 
     loop = new_loop()
@@ -600,6 +615,10 @@ def start_threaded_node(settings: Settings) -> ThreadedNode:
 
     async def create() -> Any:
         node = Node(settings)
+        if http:
+            from pacsnode.web.server import HttpServer
+
+            node.companions.append(HttpServer(settings, node.archive))
         await node.start()
         return node
 

@@ -7,13 +7,15 @@ from pathlib import Path
 from pacsnode.config.settings import load_settings
 from pacsnode.services.catalog import default_registry
 from pacsnode.services.conformance import render_conformance
+from pacsnode.web.capabilities import conformance_sections
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
 def test_committed_conformance_statement_is_current() -> None:
     settings = load_settings(None, {}, environ={})
-    generated = render_conformance(default_registry(settings, describe_storage=True), settings)
+    registry = default_registry(settings, describe_storage=True)
+    generated = render_conformance(registry, settings, web=conformance_sections(settings))
     committed = (DOCS / "conformance-statement.md").read_text(encoding="utf-8")
     assert committed == generated, "regenerate with: pacsnode conformance > docs/conformance-statement.md"
 

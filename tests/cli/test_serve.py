@@ -26,6 +26,7 @@ class Serve:
     def __init__(self, args: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> None:
         base = {k: v for k, v in os.environ.items() if not k.startswith("PACSNODE_")}
         base["COLUMNS"] = "250"  # one log record per line
+        base["PACSNODE_HTTP_PORT"] = "0"  # never the default 8042, which another server may hold
         self.proc = subprocess.Popen(
             [PACSNODE, "serve", *args],
             stdout=subprocess.PIPE,
@@ -142,7 +143,7 @@ def test_serve_port_in_use_exits_1(tmp_path):
         port = busy.getsockname()[1]
         r = run_tool(
             [PACSNODE, "serve", "--dicom-port", str(port), "--data", str(tmp_path / "d")],
-            env={**os.environ, "COLUMNS": "250"},
+            env={**os.environ, "COLUMNS": "250", "PACSNODE_HTTP_PORT": "0"},
             timeout=30,
         )
     assert r.returncode == 1, r.stdout

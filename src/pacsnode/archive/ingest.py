@@ -76,6 +76,8 @@ class SpoolSink:
         # releases the GIL on large buffers, so that work leaves the event loop).
         self._digest: Any = None
         self.placed = False
+        # STOW-RS to /studies/{study} (PS3.18 10.5.1): the study the instance must belong to.
+        self.expected_study: str | None = None
         self.size = 0
         self.error: OSError | None = None
         self._memory_limit = memory_limit
@@ -420,6 +422,9 @@ class Archive:
             )
         except InvalidInstance as exc:
             return StoreResult(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, str(exc)[:64], uid)
+        if sink.expected_study is not None and item.record.study_instance_uid != sink.expected_study:
+            # PS3.18 10.5.3: an instance of another study than the target resource's is refused.
+            return StoreResult(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, "Study Instance UID differs", uid)
         sink.write_out(item.relative)
         if sink.error is not None:
             return StoreResult(Status.OUT_OF_RESOURCES, f"cannot write: {sink.error.strerror}"[:64], uid)

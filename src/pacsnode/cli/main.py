@@ -130,15 +130,18 @@ def serve(
 ) -> None:
     """Run the node: answer DICOM associations until interrupted (Ctrl-C drains and stops)."""
     from pacsnode.net.node import Node
+    from pacsnode.web.server import HttpServer
 
     _setup_logging(0 if quiet else verbose + 1, server=True)
     settings = _settings(config, data=data, aet=aet, host=host, dicom_port=dicom_port, http_port=http_port)
+    node = Node(settings)
+    if settings.web.enabled:
+        node.companions.append(HttpServer(settings, node.archive))
     try:
-        run_loop(Node(settings).run_forever())
+        run_loop(node.run_forever())
     except OSError as exc:
-        raise _fail(
-            f"cannot listen on {settings.node.host}:{settings.node.dicom_port}: {exc.strerror or exc}"
-        ) from None
+        where = exc.filename or f"{settings.node.host}:{settings.node.dicom_port}"
+        raise _fail(f"cannot listen on {where}: {exc.strerror or exc}") from None
     except KeyboardInterrupt:
         pass
 
@@ -609,9 +612,11 @@ def conformance(
     """Print the node's DICOM Conformance Statement (PS3.2), generated from what it runs."""
     from pacsnode.services.catalog import default_registry
     from pacsnode.services.conformance import render_conformance
+    from pacsnode.web.capabilities import conformance_sections
 
     settings = _settings(config, aet=aet)
-    text = render_conformance(default_registry(settings, describe_storage=True), settings, fmt.value)
+    registry = default_registry(settings, describe_storage=True)
+    text = render_conformance(registry, settings, fmt.value, web=conformance_sections(settings))
     if output is None:
         sys.stdout.write(text)
     else:

@@ -109,6 +109,35 @@ class QuerySettings(BaseModel):
     move_timeout: float = Field(default=30.0, gt=0)
 
 
+class WebSettings(BaseModel):
+    """The ``[web]`` table: the HTTP server of DICOMweb (PS3.18) and the admin API."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Serve HTTP on [node] http_port at all.
+    enabled: bool = True
+    # PS3.18 8.2: the path of the DICOMweb service root.
+    base_path: str = "/dicom-web"
+    # Origins a browser may call from (CORS); ["*"] allows any.
+    cors_origins: list[str] = Field(default_factory=list)
+    # Compress responses of at least this many bytes when the client accepts gzip (0: never).
+    gzip_min_size: int = Field(default=1024, ge=0)
+    # STOW-RS: a request body over this many bytes is refused with 413.
+    max_body: int = Field(default=4 << 30, ge=1)
+    # QIDO-RS: at most this many matches per request (the Warning header says when cut).
+    max_results: int = Field(default=1000, ge=1)
+    # The OHIF viewer's prebuilt dist/ folder; empty: <data>/viewer when it exists.
+    viewer: Path | None = None
+
+    @field_validator("base_path")
+    @classmethod
+    def _base_path(cls, value: str) -> str:
+        value = "/" + value.strip("/")
+        if value == "/" or any(c in value for c in "?#% "):
+            raise ValueError("a path such as /dicom-web")
+        return value
+
+
 class Settings(BaseModel):
     """All settings of one node; built once, immutable, passed explicitly."""
 
@@ -118,6 +147,7 @@ class Settings(BaseModel):
     network: NetworkSettings = Field(default_factory=NetworkSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     query: QuerySettings = Field(default_factory=QuerySettings)
+    web: WebSettings = Field(default_factory=WebSettings)
     # Remote AEs keyed by AE title: ``[peers.STORESCP]`` with host and port.
     peers: dict[str, PeerSettings] = Field(default_factory=dict)
 

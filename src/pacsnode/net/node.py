@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from typing import Protocol
 
 from pacsnode import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from pacsnode.archive.ingest import Archive
@@ -14,6 +15,14 @@ from pacsnode.net.server import DicomServer
 from pacsnode.services.catalog import default_registry
 
 log = logging.getLogger("pacsnode")
+
+
+class Companion(Protocol):
+    """A listener started after the archive and the DICOM server, stopped before them (HTTP, say)."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class Node:
@@ -29,13 +38,18 @@ class Node:
             implementation_class_uid=IMPLEMENTATION_CLASS_UID,
             implementation_version_name=IMPLEMENTATION_VERSION_NAME,
         )
+        self.companions: list[Companion] = []
 
     async def start(self) -> None:
         """Create the data folder and start listening."""
         node = self.settings.node
         node.data.mkdir(parents=True, exist_ok=True)
         await self.archive.start()
-        await self.server.start(node.host, node.dicom_port)
+        try:
+            await self.server.start(node.host, node.dicom_port)
+        except OSError as exc:
+            # The address goes with the error, so that the user sees which listener failed.
+            raise OSError(exc.errno, exc.strerror or str(exc), f"{node.host}:{node.dicom_port}") from exc
         log.info(
             "pacsnode %s listening for DICOM on %s:%d (data in %s)",
             node.aet,
@@ -48,10 +62,13 @@ class Node:
                 "only this machine can connect; to open the node to the network use "
                 "--host 0.0.0.0 (or PACSNODE_HOST, or host in [node])"
             )
-        log.info("HTTP port %d is reserved for DICOMweb, not served in this release", node.http_port)
+        for companion in self.companions:
+            await companion.start()
 
     async def close(self) -> None:
-        """Stop accepting, drain running associations, stop."""
+        """Stop accepting, drain running associations and requests, stop."""
+        for companion in reversed(self.companions):
+            await companion.close()
         await self.server.close()
         await self.archive.close()
 

@@ -289,9 +289,15 @@ def _setting_value(value: object) -> str:
 
 
 def render_conformance(
-    registry: ServiceRegistry, settings: Settings, fmt: Literal["markdown", "html"] = "markdown"
+    registry: ServiceRegistry,
+    settings: Settings,
+    fmt: Literal["markdown", "html"] = "markdown",
+    web: Sequence[tuple[str, str]] = (),
 ) -> str:
-    """The node's PS3.2 conformance statement, listing exactly the services in ``registry``."""
+    """The node's PS3.2 conformance statement, listing exactly the services in ``registry``.
+
+    ``web``: the sections (title, Markdown) of the DICOMweb services the node serves, if any.
+    """
     doc = _Document()
     aet = _md(settings.node.aet)
     regs = list(registry.registrations)
@@ -313,6 +319,12 @@ def render_conformance(
     doc.table_of_contents_here()
     _introduction(doc)
     _networking(doc, regs, settings)
+    if web:
+        # PS3.2 A.4 (Web Services): the RESTful services of PS3.18 the node offers as origin server.
+        doc.section(1, "Web Services")
+        for title, body in web:
+            doc.section(2, title)
+            doc.add(body)
     doc.section(1, "Media Interchange")
     doc.add(
         "Media interchange (PS3.10, PS3.11) is not supported in this release: the node reads and "

@@ -1,0 +1,152 @@
+"""The node's HTTP application: PS3.18 DICOMweb (QIDO-RS, WADO-RS, STOW-RS, WADO-URI) under one root."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+
+from pacsnode.archive.qr_model import IMAGE, SERIES, SERIES_INSTANCE_UID, STUDY, STUDY_INSTANCE_UID
+from pacsnode.archive.query import QueryError
+from pacsnode.web import capabilities, qido, retrieve, store, wado_uri
+from pacsnode.web.context import WebContext, check_uid
+from pacsnode.web.dicomjson import dumps
+from pacsnode.web.media import DICOM_JSON, accept_list, accepts
+
+log = logging.getLogger("pacsnode.web")
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _search(ctx: WebContext | None, level: str) -> Handler:
+    async def handler(request: Request) -> Response:
+        assert ctx is not None
+        accept = accept_list(request.headers.get("accept"))
+        if accepts(accept, DICOM_JSON, "application/json") is None:
+            raise HTTPException(406, "search results are served as application/dicom+json")
+        scope: dict[int, str] = {}
+        if "study" in request.path_params:
+            scope[STUDY_INSTANCE_UID] = check_uid(request.path_params["study"])
+        if "series" in request.path_params:
+            scope[SERIES_INSTANCE_UID] = check_uid(request.path_params["series"])
+        try:
+            search = qido.parse(
+                level,
+                list(request.query_params.multi_items()),
+                scope,
+                max_results=ctx.settings.web.max_results,
+                case_insensitive_names=ctx.settings.query.case_insensitive_names,
+            )
+            found, more = await ctx.run(qido.run_search, ctx.engine, search, ctx.base_url(request))
+        except (qido.SearchError, QueryError) as exc:
+            raise HTTPException(400, getattr(exc, "comment", None) or str(exc)) from None
+        headers = {}
+        if more:
+            # PS3.18 8.3.4.4 / 10.6.3.2: the answer was cut; the client may page with offset.
+            headers["Warning"] = '299 pacsnode: "The number of results exceeded the maximum supported"'
+        if not found:
+            return Response(status_code=204 if not more else 200, headers=headers)
+        return Response(dumps(found), media_type=DICOM_JSON, headers=headers)
+
+    handler.transaction = "search"  # type: ignore[attr-defined]
+    return handler
+
+
+def _bind(ctx: WebContext | None, fn: Callable[..., Awaitable[Response]], **fixed: Any) -> Handler:
+    async def handler(request: Request) -> Response:
+        return await fn(ctx, request, **request.path_params, **fixed)
+
+    handler.transaction = fn.__name__  # type: ignore[attr-defined]
+    return handler
+
+
+def dicomweb_routes(ctx: WebContext | None) -> list[BaseRoute]:
+    """PS3.18 Tables 10.4-1, 10.5-1 and 10.6-1: the resources of the DICOMweb root.
+
+    ``ctx`` None gives the table without a node behind it (to describe the service).
+    """
+    s, se, i = "/studies/{study}", "/series/{series}", "/instances/{instance}"
+    r = retrieve
+    return [
+        Route("/", _bind(ctx, capabilities.capabilities), methods=["GET", "OPTIONS"]),
+        Route("/studies", _search(ctx, STUDY), methods=["GET"]),
+        Route("/studies", _bind(ctx, store.store_instances), methods=["POST"]),
+        Route("/series", _search(ctx, SERIES), methods=["GET"]),
+        Route("/instances", _search(ctx, IMAGE), methods=["GET"]),
+        Route(s, _bind(ctx, r.retrieve_instances), methods=["GET"]),
+        Route(s, _bind(ctx, store.store_instances), methods=["POST"]),
+        Route(f"{s}/metadata", _bind(ctx, r.retrieve_metadata), methods=["GET"]),
+        Route(f"{s}/rendered", _bind(ctx, r.retrieve_rendered), methods=["GET"]),
+        Route(f"{s}/thumbnail", _bind(ctx, r.retrieve_thumbnail), methods=["GET"]),
+        Route(f"{s}/series", _search(ctx, SERIES), methods=["GET"]),
+        Route(f"{s}/instances", _search(ctx, IMAGE), methods=["GET"]),
+        Route(f"{s}{se}", _bind(ctx, r.retrieve_instances), methods=["GET"]),
+        Route(f"{s}{se}/metadata", _bind(ctx, r.retrieve_metadata), methods=["GET"]),
+        Route(f"{s}{se}/rendered", _bind(ctx, r.retrieve_rendered), methods=["GET"]),
+        Route(f"{s}{se}/thumbnail", _bind(ctx, r.retrieve_thumbnail), methods=["GET"]),
+        Route(f"{s}{se}/instances", _search(ctx, IMAGE), methods=["GET"]),
+        Route(f"{s}{se}{i}", _bind(ctx, r.retrieve_instances), methods=["GET"]),
+        Route(f"{s}{se}{i}/metadata", _bind(ctx, r.retrieve_metadata), methods=["GET"]),
+        Route(f"{s}{se}{i}/rendered", _bind(ctx, r.retrieve_rendered), methods=["GET"]),
+        Route(f"{s}{se}{i}/thumbnail", _bind(ctx, r.retrieve_thumbnail), methods=["GET"]),
+        Route(f"{s}{se}{i}/frames/{{frames}}", _bind(ctx, r.retrieve_frames), methods=["GET"]),
+        Route(f"{s}{se}{i}/frames/{{frames}}/rendered", _bind(ctx, r.retrieve_rendered), methods=["GET"]),
+        Route(f"{s}{se}{i}/bulkdata/{{tag_path:path}}", _bind(ctx, r.retrieve_bulkdata), methods=["GET"]),
+    ]
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code >= 400:
+        log.info("%s %s -> %d %s", request.method, request.url.path, exc.status_code, exc.detail)
+    return PlainTextResponse(str(exc.detail), status_code=exc.status_code, headers=exc.headers)
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    log.exception("%s %s failed", request.method, request.url.path)
+    return PlainTextResponse("internal error", status_code=500)
+
+
+def create_app(ctx: WebContext) -> Starlette:
+    """The HTTP application of a node: DICOMweb under [web] base_path, WADO-URI at /wado."""
+    web = ctx.settings.web
+    middleware = []
+    if web.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=web.cors_origins,
+                allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+                allow_headers=["*"],
+                expose_headers=["Warning", "Content-Location"],
+            )
+        )
+    if web.gzip_min_size:
+        # Only text (DICOM JSON, XML) is worth compressing: pixel data and images are not.
+        excluded = (
+            *DEFAULT_EXCLUDED_CONTENT_TYPES,
+            "multipart/*",
+            "application/dicom",
+            "application/octet-stream",
+        )
+        middleware.append(
+            Middleware(GZipMiddleware, minimum_size=web.gzip_min_size, exclude_content_types=excluded)
+        )
+    routes: list[BaseRoute] = [
+        Mount(web.base_path, routes=dicomweb_routes(ctx)),
+        Route("/wado", _bind(ctx, wado_uri.wado), methods=["GET"]),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers={HTTPException: _http_error, Exception: _server_error},
+    )
