@@ -6,7 +6,7 @@ import enum
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from sqlalchemy.engine import make_url
 from pacsnode.archive.hotpath import HotPath
 from pacsnode.archive.matching import name_keys
 from pacsnode.archive.schema import (
+    changes,
     instances,
     metadata,
     non_patient_objects,
@@ -521,6 +522,123 @@ class ArchiveIndex:
                 )
             )
 
+    def delete(self, level: str, key: str) -> list[str] | None:
+        """Remove a patient (by Patient ID), study, series or instance (by UID) and all below it.
+
+        One transaction deletes the instance rows, journals their files in the trash
+        (replayed at start-up, so a crash never leaves a file without its row or the
+        reverse), drops parents left empty, recounts the others and logs each removal
+        in the change log.  Returns the files to delete, or None when nothing matched.
+        Runs on the committer's thread: it shares the hierarchy caches.
+        """
+        where = {
+            "PATIENT": patients.c.patient_id == key,
+            "STUDY": studies.c.study_instance_uid == key,
+            "SERIES": series.c.series_instance_uid == key,
+            "IMAGE": instances.c.sop_instance_uid == key,
+        }[level]
+        stmt = (
+            select(
+                instances.c.id,
+                instances.c.path,
+                instances.c.sop_instance_uid,
+                instances.c.series_fk,
+                series.c.series_instance_uid,
+                series.c.study_fk,
+                studies.c.study_instance_uid,
+                studies.c.patient_fk,
+            )
+            .select_from(
+                instances.join(series, series.c.id == instances.c.series_fk)
+                .join(studies, studies.c.id == series.c.study_fk)
+                .join(patients, patients.c.id == studies.c.patient_fk)
+            )
+            .where(where)
+        )
+        try:
+            with self.engine.begin() as conn:
+                rows = conn.execute(stmt).all()
+                if not rows:
+                    return self._delete_empty(conn, level, key)
+                now = datetime.now(UTC)
+                ids = [r.id for r in rows]
+                for i in range(0, len(ids), 500):
+                    conn.execute(instances.delete().where(instances.c.id.in_(ids[i : i + 500])))
+                conn.execute(trash.insert(), [{"path": r.path, "at": now} for r in rows])
+                conn.execute(
+                    changes.insert(),
+                    [
+                        {
+                            "at": now,
+                            "kind": "deleted",
+                            "sop_instance_uid": r.sop_instance_uid,
+                            "series_instance_uid": r.series_instance_uid,
+                            "study_instance_uid": r.study_instance_uid,
+                            "detail": f"{level.lower()} deleted",
+                        }
+                        for r in rows
+                    ],
+                )
+                self._prune(conn, {r.series_fk for r in rows}, {r.study_fk for r in rows})
+                self._drop_empty_patients(conn, {r.patient_fk for r in rows})
+                return [r.path for r in rows]
+        finally:
+            self._forget()
+
+    def _delete_empty(self, conn: Connection, level: str, key: str) -> list[str] | None:
+        """An entity without instances (left by an interrupted delete): remove its row."""
+        table = {"PATIENT": patients, "STUDY": studies, "SERIES": series}.get(level)
+        column = {"PATIENT": "patient_id", "STUDY": "study_instance_uid", "SERIES": "series_instance_uid"}
+        if table is None:
+            return None
+        ids = set(conn.execute(select(table.c.id).where(table.c[column[level]] == key)).scalars())
+        if not ids:
+            return None
+        if level == "SERIES":
+            self._prune(conn, ids, set())
+        elif level == "STUDY":
+            self._prune(conn, set(), ids)
+        else:
+            self._drop_empty_patients(conn, ids)
+        return []
+
+    def _prune(self, conn: Connection, series_ids: set[int], study_ids: set[int]) -> None:
+        empty_series = set(
+            conn.execute(
+                select(series.c.id).where(
+                    series.c.id.in_(series_ids),
+                    ~select(instances.c.id).where(instances.c.series_fk == series.c.id).exists(),
+                )
+            ).scalars()
+        )
+        if empty_series:
+            conn.execute(series.delete().where(series.c.id.in_(empty_series)))
+        empty_studies = set(
+            conn.execute(
+                select(studies.c.id).where(
+                    studies.c.id.in_(study_ids),
+                    ~select(series.c.id).where(series.c.study_fk == studies.c.id).exists(),
+                )
+            ).scalars()
+        )
+        if empty_studies:
+            conn.execute(studies.delete().where(studies.c.id.in_(empty_studies)))
+        # PS3.4 C.6.1.1.3: the computed attributes of what remains follow the deletion.
+        self._recount(conn, series_ids - empty_series, study_ids - empty_studies)
+
+    def _drop_empty_patients(self, conn: Connection, patient_ids: set[int]) -> None:
+        empty = list(
+            conn.execute(
+                select(patients.c.id).where(
+                    patients.c.id.in_(patient_ids),
+                    ~select(studies.c.id).where(studies.c.patient_fk == patients.c.id).exists(),
+                )
+            ).scalars()
+        )
+        if empty:
+            conn.execute(patient_name_keys.delete().where(patient_name_keys.c.patient_fk.in_(empty)))
+            conn.execute(patients.delete().where(patients.c.id.in_(empty)))
+
     def trash_paths(self) -> list[str]:
         """Files whose deletion was committed but may not have happened."""
         with self.engine.connect() as conn:
@@ -574,6 +692,17 @@ class ArchiveIndex:
                 table.name: int(conn.execute(select(func.count()).select_from(table)).scalar_one())
                 for table in (patients, studies, series, instances, non_patient_objects)
             }
+
+    def stored_bytes(self) -> int:
+        """The size of every indexed file, summed."""
+        with self.engine.connect() as conn:
+            return int(
+                (conn.execute(select(func.coalesce(func.sum(instances.c.size), 0))).scalar_one() or 0)
+                + (
+                    conn.execute(select(func.coalesce(func.sum(non_patient_objects.c.size), 0))).scalar_one()
+                    or 0
+                )
+            )
 
     def all_paths(self) -> list[str]:
         """Every file path the index references (for consistency checks)."""

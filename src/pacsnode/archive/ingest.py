@@ -430,6 +430,32 @@ class Archive:
             return StoreResult(Status.OUT_OF_RESOURCES, f"cannot write: {sink.error.strerror}"[:64], uid)
         return None
 
+    # ------------------------------------------------------------ deletion
+
+    async def delete(self, level: str, key: str) -> int | None:
+        """Delete a patient (Patient ID), study, series or instance (UID): rows and files together.
+
+        Runs on the committer's thread, between group commits.  The index transaction
+        journals the files in the trash; they are removed after it commits and the
+        journal is cleared (replayed at start-up after a crash).  Returns the number
+        of instances deleted, or None when nothing matched.
+        """
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._worker, self._delete, level, key)
+
+    def _delete(self, level: str, key: str) -> int | None:
+        paths = self.index.delete(level, key)
+        if paths is None:
+            return None
+        for relative in paths:
+            self.store.remove(self.store.absolute(relative))
+        try:
+            self.index.empty_trash(paths)
+        except Exception as exc:  # replayed at the next start-up
+            log.warning("could not clear the trash journal: %s", exc)
+        log.info("deleted %s %s: %d instance(s)", level.lower(), key, len(paths))
+        return len(paths)
+
     # ------------------------------------------------------------ local import
 
     def import_files(self, paths: Iterable[Path], source_ae_title: str = "") -> list[StoreResult]:

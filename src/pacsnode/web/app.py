@@ -1,4 +1,4 @@
-"""The node's HTTP application: PS3.18 DICOMweb (QIDO-RS, WADO-RS, STOW-RS, WADO-URI) under one root."""
+"""The node's HTTP application: PS3.18 DICOMweb (QIDO-RS, WADO-RS, STOW-RS, WADO-URI) and the admin API."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from pacsnode.archive.qr_model import IMAGE, SERIES, SERIES_INSTANCE_UID, STUDY, STUDY_INSTANCE_UID
 from pacsnode.archive.query import QueryError
 from pacsnode.web import capabilities, qido, retrieve, store, wado_uri
+from pacsnode.web.admin import create_admin_app
 from pacsnode.web.context import WebContext, check_uid
 from pacsnode.web.dicomjson import dumps
 from pacsnode.web.media import DICOM_JSON, accept_list, accepts
@@ -144,6 +145,7 @@ def create_app(ctx: WebContext) -> Starlette:
     routes: list[BaseRoute] = [
         Mount(web.base_path, routes=dicomweb_routes(ctx)),
         Route("/wado", _bind(ctx, wado_uri.wado), methods=["GET"]),
+        Mount("/api", app=create_admin_app(ctx)),
     ]
     return Starlette(
         routes=routes,
