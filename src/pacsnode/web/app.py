@@ -20,8 +20,10 @@ from pacsnode.archive.query import QueryError
 from pacsnode.web import capabilities, qido, retrieve, store, wado_uri
 from pacsnode.web.admin import create_admin_app
 from pacsnode.web.context import WebContext, check_uid
-from pacsnode.web.dicomjson import dumps
-from pacsnode.web.media import DICOM_JSON, accept_list, accepts
+from pacsnode.web.dicomjson import dataset_json, dumps
+from pacsnode.web.dicomxml import dataset_xml
+from pacsnode.web.media import DICOM_JSON, DICOM_XML, MULTIPART, Acceptable, accept_list, accepts
+from pacsnode.web.multipart import MultipartWriter, new_boundary
 
 log = logging.getLogger("pacsnode.web")
 
@@ -32,8 +34,10 @@ def _search(ctx: WebContext | None, level: str) -> Handler:
     async def handler(request: Request) -> Response:
         assert ctx is not None
         accept = accept_list(request.headers.get("accept"))
-        if accepts(accept, DICOM_JSON, "application/json") is None:
-            raise HTTPException(406, "search results are served as application/dicom+json")
+        xml = _wants_xml(accept)
+        if not xml and accepts(accept, DICOM_JSON, "application/json") is None:
+            wanted = 'application/dicom+json or multipart/related; type="application/dicom+xml"'
+            raise HTTPException(406, f"search results are {wanted}")
         scope: dict[int, str] = {}
         if "study" in request.path_params:
             scope[STUDY_INSTANCE_UID] = check_uid(request.path_params["study"])
@@ -56,10 +60,26 @@ def _search(ctx: WebContext | None, level: str) -> Handler:
             headers["Warning"] = '299 pacsnode: "The number of results exceeded the maximum supported"'
         if not found:
             return Response(status_code=204 if not more else 200, headers=headers)
-        return Response(dumps(found), media_type=DICOM_JSON, headers=headers)
+        if xml:
+            # PS3.18 8.7.3.4: one application/dicom+xml part per match.
+            writer = MultipartWriter(new_boundary())
+            parts = [writer.head(DICOM_XML) + dataset_xml(ds) for ds in found]
+            body = b"".join(parts) + writer.close()
+            return Response(body, media_type=writer.content_type(DICOM_XML), headers=headers)
+        return Response(dumps([dataset_json(ds) for ds in found]), media_type=DICOM_JSON, headers=headers)
 
     handler.transaction = "search"  # type: ignore[attr-defined]
     return handler
+
+
+def _wants_xml(accept: list[Acceptable]) -> bool:
+    """Whether the Accept header prefers multipart DICOM XML to DICOM JSON (PS3.18 8.7.3.4)."""
+    for a in accept:
+        if a.media_type == MULTIPART and a.part_type == DICOM_XML:
+            return True
+        if a.media_type in (DICOM_JSON, "application/json", "*/*", "application/*"):
+            return False
+    return False
 
 
 def _bind(ctx: WebContext | None, fn: Callable[..., Awaitable[Response]], **fixed: Any) -> Handler:

@@ -15,7 +15,10 @@ from pacsnode.web.context import WebContext
 # Handler function name -> (PS3.18 transaction, media types of the answer or the request).
 _TRANSACTIONS: dict[str, tuple[str, str]] = {
     "capabilities": ("Capabilities (8.9)", "application/vnd.sun.wadl+xml"),
-    "search": ("QIDO-RS Search (10.6)", "application/dicom+json"),
+    "search": (
+        "QIDO-RS Search (10.6)",
+        'application/dicom+json; multipart/related; type="application/dicom+xml"',
+    ),
     "retrieve_instances": (
         "WADO-RS Retrieve Instances (10.4.1.1)",
         'multipart/related; type="application/dicom" (transfer-syntax: as stored with *, '

@@ -10,8 +10,6 @@ from typing import Any
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
-from pacsnode.archive.query import Answer
-
 # PS3.18 F.2.7: binary values at least this long are sent as a BulkDataURI, not inline.
 BULK_THRESHOLD = 1024
 _BINARY = frozenset(("OB", "OD", "OF", "OL", "OV", "OW", "UN"))
@@ -47,13 +45,6 @@ def dataset_json(ds: Dataset, bulk_uri: BulkURI | None = None) -> dict[str, Any]
 
 def _omit(_elem: DataElement) -> str:
     return ""
-
-
-def answer_json(answer: Answer) -> dict[str, Any]:
-    """A query answer as a DICOM JSON object (PS3.18 F.2); empty values carry only their VR."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return answer.dataset().to_json_dict()
 
 
 def dumps(objects: list[dict[str, Any]]) -> bytes:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
+from pydicom.dataset import Dataset
 
 from pacsnode.archive.qr_model import (
     IMAGE,
@@ -22,7 +23,6 @@ from pacsnode.archive.qr_model import (
     vr_of,
 )
 from pacsnode.archive.query import COLUMNS, Answer, Element, QueryEngine, prepare
-from pacsnode.web.dicomjson import answer_json
 
 # PS3.18 Table 6.7.1-2a (10.6.3.3.1): the attributes every answer carries at each level.
 STUDY_DEFAULTS = (
@@ -65,6 +65,7 @@ _LEVEL_OF_COLUMN = {"PATIENT": 0, "STUDY": 0, "SERIES": 1, "IMAGE": 2}
 
 _HEX_TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
 _RESERVED = frozenset(("includefield", "fuzzymatching", "limit", "offset", "orderby"))
+RETRIEVE_URL = 0x00081190
 MAX_VALUE = 4096  # longer query values are refused (400), not matched
 
 
@@ -226,11 +227,11 @@ def _defaults(level: str, scope: dict[int, str]) -> list[int]:
 # ---------------------------------------------------------------- the HTTP resource
 
 
-def run_search(engine: QueryEngine, search: Search, base: str) -> tuple[list[dict[str, Any]], bool]:
-    """The answers of a search as DICOM JSON objects, and whether more matched than were sent."""
+def run_search(engine: QueryEngine, search: Search, base: str) -> tuple[list[Dataset], bool]:
+    """The answers of a search as data sets with their Retrieve URL, and whether more matched."""
     query = prepare(search.identifier, STUDY, search.options)
     wanted = None if search.limit is None else search.offset + search.limit + 1
-    out: list[dict[str, Any]] = []
+    out: list[Dataset] = []
     more = False
     for position, answer in enumerate(engine.find(query, limit=wanted or 0, stream=True)):
         if position < search.offset:
@@ -239,9 +240,11 @@ def run_search(engine: QueryEngine, search: Search, base: str) -> tuple[list[dic
             more = True
             break
         answer.elements.pop(QUERY_RETRIEVE_LEVEL, None)  # a C-FIND key, not a QIDO-RS attribute
-        obj = answer_json(answer)
-        obj["00081190"] = {"vr": "UR", "Value": [retrieve_url(base, search.level, answer)]}
-        out.append(obj)
+        # PS3.18 10.6.3.3.1: each match names the WADO-RS resource it can be retrieved from.
+        answer.elements[RETRIEVE_URL] = ("UR", retrieve_url(base, search.level, answer))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out.append(answer.dataset())
     return out, more
 
 
