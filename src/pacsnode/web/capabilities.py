@@ -38,7 +38,8 @@ _TRANSACTIONS: dict[str, tuple[str, str]] = {
     "retrieve_thumbnail": ("WADO-RS Retrieve Thumbnail (10.4.1.6)", "image/jpeg, image/png, image/gif"),
     "store_instances": (
         "STOW-RS Store Instances (10.5)",
-        'request: multipart/related; type="application/dicom"; answer: application/dicom+json',
+        'request: multipart/related; type="application/dicom", or type="application/dicom+json" with '
+        "bulk data parts; answer: application/dicom+json",
     ),
 }
 
@@ -92,7 +93,7 @@ def conformance_sections(settings: Settings) -> list[tuple[str, str]]:
         "`orderby` is refused (400). Default attributes follow PS3.18 Table 6.7.1-2a except Bits "
         "Allocated (0028,0100), returned only when asked for with `includefield`. "
         f"STOW-RS bodies over {web.max_body} bytes are refused with 413 (`[web] max_body`); "
-        "STOW-RS of `application/dicom+json` metadata with bulk data parts is not supported (415). "
+        "STOW-RS of `application/dicom+json` metadata holds its bulk data parts in memory per instance. "
         "Transcoding is to uncompressed transfer syntaxes only; other requested syntaxes give 406."
     )
     return [
