@@ -7,11 +7,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
 
-from pacsnode.archive.index import MIGRATIONS, ArchiveIndex
+from pacsnode.archive.index import ArchiveIndex
 from pacsnode.archive.matching import name_keys
 from pacsnode.archive.schema import patient_name_keys, patients, studies
 
@@ -24,11 +23,7 @@ def index(tmp_path: Path, index_url: str) -> Iterator[ArchiveIndex]:
 
 
 def _upgrade(index: ArchiveIndex, revision: str) -> None:
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    with index.engine.begin() as conn:
-        config.attributes["connection"] = conn
-        command.upgrade(config, revision)
+    index.migrate(revision)
 
 
 def test_a_0_1_archive_gets_its_name_keys(index: ArchiveIndex) -> None:
@@ -72,3 +67,26 @@ def test_postgresql_writer_plans_each_statement_for_the_table_as_it_is(index: Ar
         assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar_one() == "force_custom_plan"
     with index.reader.connect() as conn:
         assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar_one() == "auto"
+
+
+def test_patients_without_an_id_are_no_longer_merged_after_0003(index: ArchiveIndex) -> None:
+    # Up to 0002, (patient_id, issuer) was unique, so studies without a Patient ID shared one
+    # patient record (and its name). 0003 keeps the rows and ids, and lets new ones split.
+    _upgrade(index, "0002")
+    now = datetime.now(UTC)
+    with index.engine.begin() as conn:
+        conn.execute(
+            insert(patients).values(patient_id="", issuer_of_patient_id="", patient_name="First^Seen")
+        )
+        conn.execute(insert(patients).values(patient_id="P1", issuer_of_patient_id="", patient_name="Known"))
+        conn.execute(insert(studies).values(patient_fk=1, study_instance_uid="1.1", updated_at=now))
+        conn.execute(insert(studies).values(patient_fk=2, study_instance_uid="1.2", updated_at=now))
+    index.migrate()
+    with index.engine.begin() as conn:
+        rows = conn.execute(select(studies.c.study_instance_uid, studies.c.patient_fk)).all()
+        assert sorted(rows) == [("1.1", 1), ("1.2", 2)]  # foreign keys intact, ids kept
+        conn.execute(insert(patients).values(patient_id="", issuer_of_patient_id="", patient_name="Other"))
+        with pytest.raises(IntegrityError), conn.begin_nested():  # an ID still names one patient
+            conn.execute(insert(patients).values(patient_id="P1", issuer_of_patient_id="", patient_name="X"))
+    with index.engine.connect() as conn:
+        assert conn.execute(select(patients.c.id).where(patients.c.patient_id == "")).all() == [(1,), (3,)]

@@ -109,6 +109,23 @@ def test_serve_echoscu_then_sigint(serve, tmp_path):
     assert "Traceback" not in node.output
 
 
+def test_serve_answers_dicomweb_and_can_turn_it_off(serve, tmp_path):
+    import urllib.request
+
+    node = serve("--dicom-port", "0", "--data", str(tmp_path / "d"))
+    url = node.wait_for(r"serving DICOMweb on (http://\S+)")[1]
+    with urllib.request.urlopen(f"{url}/studies", timeout=WAIT) as answer:
+        assert answer.status == 204  # an empty archive: no match
+    assert node.stop(signal.SIGTERM) == 0, node.output
+    (tmp_path / "o.toml").write_text("[web]\nenabled = false\n")
+    off = serve(
+        "--dicom-port", "0", "--data", str(tmp_path / "e"), env={"PACSNODE_CONFIG": str(tmp_path / "o.toml")}
+    )
+    off.wait_for(LISTENING)
+    assert off.stop(signal.SIGTERM) == 0, off.output
+    assert "DICOMweb" not in off.output
+
+
 def test_serve_port_zero_and_sigterm(serve, tmp_path):
     node = serve("--dicom-port", "0", "--data", str(tmp_path / "d"))
     port = int(node.wait_for(LISTENING)[3])

@@ -172,16 +172,32 @@ class ArchiveIndex:
         self._hot = HotPath(self.engine.dialect.name)
         self._forget()
 
-    def migrate(self) -> None:
-        """Bring the schema to the newest Alembic revision."""
+    def migrate(self, revision: str = "head") -> None:
+        """Bring the schema to the newest (or the given) Alembic revision."""
         from alembic import command
         from alembic.config import Config
 
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
-        with self.engine.begin() as conn:
-            config.attributes["connection"] = conn
-            command.upgrade(config, "head")
+        sqlite = self.engine.dialect.name == "sqlite"
+        with self.engine.connect() as conn:
+            if sqlite:
+                # sqlite.org/lang_altertable.html: a table is rebuilt with foreign keys off
+                # (the pragma is a no-op inside a transaction), then they are checked.
+                conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+                conn.commit()
+            try:
+                with conn.begin():
+                    config.attributes["connection"] = conn
+                    command.upgrade(config, revision)
+                    if sqlite:
+                        broken = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+                        if broken:
+                            raise RuntimeError(f"index migration broke foreign keys: {broken[:5]}")
+            finally:
+                if sqlite:
+                    conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                    conn.commit()
 
     @property
     def reader(self) -> Engine:
@@ -365,11 +381,18 @@ class ArchiveIndex:
         cached = self._patients.get(key)
         if cached is not None:
             return cached
-        row = conn.execute(
-            select(patients.c.id).where(
-                patients.c.patient_id == key[0], patients.c.issuer_of_patient_id == key[1]
-            )
-        ).first()
+        # Without a Patient ID nothing says two studies are of one person: each such study
+        # gets a patient record of its own (merging them would show one patient's name on
+        # another's study).
+        row = (
+            conn.execute(
+                select(patients.c.id).where(
+                    patients.c.patient_id == key[0], patients.c.issuer_of_patient_id == key[1]
+                )
+            ).first()
+            if key[0]
+            else None
+        )
         if row is not None:
             pk = int(row.id)
         else:
@@ -377,7 +400,8 @@ class ArchiveIndex:
             keys = name_keys(record.patient.get("patient_name", ""))
             if keys:
                 conn.execute(patient_name_keys.insert(), [{"patient_fk": pk, "name_key": k} for k in keys])
-        self._patients[key] = pk
+        if key[0]:
+            self._patients[key] = pk
         return pk
 
     def _study(self, conn: Connection, record: InstanceRecord) -> int:

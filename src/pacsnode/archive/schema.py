@@ -13,7 +13,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    UniqueConstraint,
 )
 
 metadata = MetaData()
@@ -32,9 +31,18 @@ patients = Table(
     Column("patient_name", String(324), nullable=False, default=""),  # (0010,0010) PN, all groups
     Column("patient_birth_date", String(8), nullable=False, default=""),  # (0010,0030) DA
     Column("patient_sex", String(16), nullable=False, default=""),  # (0010,0040) CS
-    UniqueConstraint("patient_id", "issuer_of_patient_id", name="uq_patients_identity"),
 )
 Index("ix_patients_name", patients.c.patient_name)
+Index("ix_patients_id", patients.c.patient_id)  # PatientID matching (C-FIND, QIDO-RS)
+# One record per Patient ID (and issuer); patients without an ID get one record per study.
+Index(
+    "ux_patients_identity",
+    patients.c.patient_id,
+    patients.c.issuer_of_patient_id,
+    unique=True,
+    sqlite_where=patients.c.patient_id != "",
+    postgresql_where=patients.c.patient_id != "",
+)
 
 # PS3.4 C.2.2.2.1: each component group of a Patient's Name (alphabetic, ideographic,
 # phonetic), case- and accent-folded, so that a name query of any script and any case

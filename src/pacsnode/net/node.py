@@ -74,11 +74,13 @@ class Node:
 
     async def run_forever(self) -> None:
         """Serve until SIGINT or SIGTERM, then shut down gracefully."""
-        await self.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        # Handlers first: a signal that comes while the node starts stops it once started
+        # (the log says it listens before the start is over).
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        await self.start()
         try:
             await stop.wait()
         finally:

@@ -18,12 +18,13 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from pacsnode.archive.qr_model import vr_of
 from pacsnode.archive.query import InstanceRef
 from pacsnode.data.part10 import dataset_offset, file_meta
 from pacsnode.data.transcode import TranscodeError, is_encapsulated, transcode
 from pacsnode.web import render
 from pacsnode.web.context import WebContext, check_uid, log
-from pacsnode.web.dicomjson import dataset_json, dumps
+from pacsnode.web.dicomjson import BULK_THRESHOLD, dataset_json, dumps
 from pacsnode.web.media import (
     ANY_SYNTAX,
     DICOM,
@@ -39,6 +40,9 @@ from pacsnode.web.media import (
 from pacsnode.web.multipart import MultipartWriter, new_boundary
 
 _CHUNK = 1 << 20
+_BINARY = frozenset(("OB", "OD", "OF", "OL", "OV", "OW", "UN"))
+# Float, Double Float and Pixel Data: always bulk data, however small (PS3.18 8.7.3.3).
+_PIXEL_TAGS = frozenset((0x7FE00008, 0x7FE00009, 0x7FE00010))
 _wlog = logging.getLogger("pacsnode.web.wado")
 
 
@@ -153,29 +157,46 @@ def _bulk_url(url: str, path: str) -> str:
     return f"{url}/bulkdata/{path}"
 
 
+def _instance_metadata(path: Path, ref: InstanceRef, base: str) -> dict[str, Any]:
+    """One instance's DICOM JSON; large binary values (Pixel Data among them) by reference.
+
+    Values of at least BULK_THRESHOLD bytes are not read (pydicom defers them), so the
+    metadata of a 2 GB multi-frame costs its header, and elements after the pixel data
+    (private groups, padding) are kept.
+    """
+    ds = dcmread(path, force=True, defer_size=BULK_THRESHOLD)
+    url = _instance_url(
+        base,
+        str(ds.get("StudyInstanceUID", "")),
+        str(ds.get("SeriesInstanceUID", "")),
+        ref.sop_instance_uid,
+    )
+    referenced: dict[str, str] = {}
+    for tag in list(ds.keys()):
+        raw = ds.get_item(tag)
+        vr = str(raw.VR or vr_of(int(tag)))
+        value = raw.value
+        if int(tag) in _PIXEL_TAGS or (vr in _BINARY and (value is None or len(value) >= BULK_THRESHOLD)):
+            # PS3.18 F.2.7: a BulkDataURI instead of the value.
+            referenced[f"{int(tag):08X}"] = (
+                "OB" if int(tag) == 0x7FE00010 and is_encapsulated(ref.transfer_syntax_uid) else vr
+            )
+            del ds[tag]
+    obj = dataset_json(ds, functools.partial(_bulk_url, url))
+    for key, vr in referenced.items():
+        obj[key] = {"vr": vr, "BulkDataURI": f"{url}/bulkdata/{key}"}
+    # PS3.18 10.4.1.2: the transfer syntax the instance is available in.
+    obj["00083002"] = {"vr": "UI", "Value": [ref.transfer_syntax_uid]}
+    return dict(sorted(obj.items()))
+
+
 def _metadata(ctx: WebContext, refs: Sequence[InstanceRef], base: str) -> bytes:
     out: list[dict[str, Any]] = []
     for ref in refs:
-        path = ctx.archive.store.absolute(ref.path)
         try:
-            ds = dcmread(path, stop_before_pixels=True, force=True)
+            out.append(_instance_metadata(ctx.archive.store.absolute(ref.path), ref, base))
         except Exception as exc:
             log.warning("metadata: cannot read %s: %s", ref.path, exc)
-            continue
-        url = _instance_url(
-            base,
-            str(ds.get("StudyInstanceUID", "")),
-            str(ds.get("SeriesInstanceUID", "")),
-            ref.sop_instance_uid,
-        )
-        obj = dataset_json(ds, functools.partial(_bulk_url, url))
-        if "Rows" in ds and ds.get("Rows"):
-            # PS3.18 F.2.7: the pixel data are referenced, not inline.
-            vr = "OB" if is_encapsulated(ref.transfer_syntax_uid) else "OW"
-            obj["7FE00010"] = {"vr": vr, "BulkDataURI": f"{url}/bulkdata/7FE00010"}
-        # PS3.18 10.4.1.2: the transfer syntax the instance is available in.
-        obj["00083002"] = {"vr": "UI", "Value": [ref.transfer_syntax_uid]}
-        out.append(obj)
     return dumps(out)
 
 
