@@ -10,11 +10,14 @@ import asyncio
 import contextlib
 import os
 import re
+import selectors
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -1318,3 +1321,63 @@ def dcmtk_find(
             responses = [dcmread(p) for p in sorted(Path(out).glob("rsp*.dcm"))]
     m = FINAL_FIND_RESPONSE.search(output)
     return FindResult(m.group(1) if m else None, responses, output)
+
+
+# ---------------------------------------------------------------- `pacsnode serve` as a process
+
+
+class ServeOutput:
+    """A `pacsnode serve` process whose merged output we read as it comes (HTTP on a free port)."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> None:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("PACSNODE_")}
+        base["COLUMNS"] = "250"  # one log record per line
+        base["PACSNODE_HTTP_PORT"] = "0"  # never the default 8042, which another server may hold
+        self.proc = subprocess.Popen(
+            [PACSNODE, "serve", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env={**base, **(env or {})},
+            cwd=cwd,
+        )
+        self.output = ""
+
+    def wait_for(self, pattern: str, timeout: float = WAIT) -> re.Match[str]:
+        """Read output until ``pattern`` appears (waiting on the pipe, bounded by ``timeout``)."""
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as sel:
+            sel.register(fd, selectors.EVENT_READ)
+            while True:
+                m = re.search(pattern, self.output)
+                if m:
+                    return m
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"no {pattern!r} within {timeout} s:\n{self.output}")
+                if not sel.select(remaining):
+                    continue
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    code = self.proc.wait(WAIT)
+                    raise AssertionError(f"exited with {code} before {pattern!r}:\n{self.output}")
+                self.output += chunk.decode(errors="replace")
+
+    def stop(self, sig: int = signal.SIGINT) -> int:
+        """Send ``sig`` and wait for the exit code; the rest of the output is kept."""
+        self.proc.send_signal(sig)
+        rest, _ = self.proc.communicate(timeout=WAIT + 15)
+        self.output += rest.decode(errors="replace")
+        return self.proc.returncode
+
+    def wait(self) -> int:
+        """Wait for the process to exit by itself."""
+        rest, _ = self.proc.communicate(timeout=WAIT + 15)
+        self.output += rest.decode(errors="replace")
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate(timeout=WAIT)

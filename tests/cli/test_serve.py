@@ -4,85 +4,24 @@ reads file < environment < flags, and stops cleanly (exit 0) on SIGINT / SIGTERM
 from __future__ import annotations
 
 import os
-import re
-import selectors
 import signal
 import socket
-import subprocess
-import time
 from collections.abc import Iterator
 
 import pytest
 
 from pacsnode.net.blocking import connect
-from peerkit import HOST, PACSNODE, WAIT, free_port, need_tool, run_tool
+from peerkit import HOST, PACSNODE, WAIT, ServeOutput, free_port, need_tool, run_tool
 
 LISTENING = r"pacsnode (\S+) listening for DICOM on ([0-9.]+):(\d+)"
 
 
-class Serve:
-    """A `pacsnode serve` process whose merged output we read as it comes."""
-
-    def __init__(self, args: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> None:
-        base = {k: v for k, v in os.environ.items() if not k.startswith("PACSNODE_")}
-        base["COLUMNS"] = "250"  # one log record per line
-        base["PACSNODE_HTTP_PORT"] = "0"  # never the default 8042, which another server may hold
-        self.proc = subprocess.Popen(
-            [PACSNODE, "serve", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env={**base, **(env or {})},
-            cwd=cwd,
-        )
-        self.output = ""
-
-    def wait_for(self, pattern: str, timeout: float = WAIT) -> re.Match[str]:
-        """Read output until ``pattern`` appears (waiting on the pipe, bounded by ``timeout``)."""
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        with selectors.DefaultSelector() as sel:
-            sel.register(fd, selectors.EVENT_READ)
-            while True:
-                m = re.search(pattern, self.output)
-                if m:
-                    return m
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(f"no {pattern!r} within {timeout} s:\n{self.output}")
-                if not sel.select(remaining):
-                    continue
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    code = self.proc.wait(WAIT)
-                    raise AssertionError(f"exited with {code} before {pattern!r}:\n{self.output}")
-                self.output += chunk.decode(errors="replace")
-
-    def stop(self, sig: int = signal.SIGINT) -> int:
-        """Send ``sig`` and wait for the exit code; the rest of the output is kept."""
-        self.proc.send_signal(sig)
-        rest, _ = self.proc.communicate(timeout=WAIT + 15)
-        self.output += rest.decode(errors="replace")
-        return self.proc.returncode
-
-    def wait(self) -> int:
-        """Wait for the process to exit by itself."""
-        rest, _ = self.proc.communicate(timeout=WAIT + 15)
-        self.output += rest.decode(errors="replace")
-        return self.proc.returncode
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.communicate(timeout=WAIT)
-
-
 @pytest.fixture
 def serve(tmp_path) -> Iterator:
-    started: list[Serve] = []
+    started: list[ServeOutput] = []
 
-    def start(*args: str, env: dict[str, str] | None = None) -> Serve:
-        s = Serve(list(args), env=env, cwd=str(tmp_path))
+    def start(*args: str, env: dict[str, str] | None = None) -> ServeOutput:
+        s = ServeOutput(list(args), env=env, cwd=str(tmp_path))
         started.append(s)
         return s
 

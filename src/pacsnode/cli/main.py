@@ -134,9 +134,14 @@ def serve(
 
     _setup_logging(0 if quiet else verbose + 1, server=True)
     settings = _settings(config, data=data, aet=aet, host=host, dicom_port=dicom_port, http_port=http_port)
+    from pacsnode.web.viewer import ViewerError
+
     node = Node(settings)
     if settings.web.enabled:
-        node.companions.append(HttpServer(settings, node.archive))
+        try:
+            node.companions.append(HttpServer(settings, node.archive))
+        except ViewerError as exc:
+            raise _fail(str(exc)) from None
     try:
         run_loop(node.run_forever())
     except OSError as exc:
@@ -624,6 +629,38 @@ def conformance(
             output.write_text(text, encoding="utf-8")
         except OSError as exc:
             raise _fail(f"cannot write {output}: {exc.strerror}") from None
+
+
+viewer_app = typer.Typer(
+    help="The OHIF web viewer, served by `pacsnode serve` at / beside its DICOMweb.",
+    no_args_is_help=True,
+)
+app.add_typer(viewer_app, name="viewer")
+
+
+@viewer_app.command("install")
+def viewer_install(
+    config: ConfigOpt = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Data folder (env PACSNODE_DATA; default ./pacsnode-data).")
+    ] = None,
+    dest: Annotated[
+        Path | None,
+        typer.Option(help="Install here (default: \\[web] viewer, else <data>/viewer, as serve looks)."),
+    ] = None,
+    version: Annotated[str, typer.Option(help="Version of the npm package @ohif/app.")] = "",
+) -> None:
+    """Download OHIF's prebuilt viewer with npm (about 50 MB) and install it where serve finds it."""
+    from pacsnode.web.viewer import OHIF_VERSION, ViewerError, install_viewer
+
+    settings = _settings(config, data=data)
+    target = dest or settings.web.viewer or settings.node.data / "viewer"
+    with err.status("installing the OHIF viewer", spinner="dots") as status:
+        try:
+            install_viewer(target, version or OHIF_VERSION, progress=lambda m: status.update(m))
+        except ViewerError as exc:
+            raise _fail(str(exc)) from None
+    err.print(f"OHIF {version or OHIF_VERSION} installed in {target}; `pacsnode serve` serves it at /")
 
 
 def run() -> None:

@@ -24,6 +24,7 @@ from pacsnode.web.dicomjson import dataset_json, dumps
 from pacsnode.web.dicomxml import dataset_xml
 from pacsnode.web.media import DICOM_JSON, DICOM_XML, MULTIPART, Acceptable, accept_list, accepts
 from pacsnode.web.multipart import MultipartWriter, new_boundary
+from pacsnode.web.viewer import viewer_routes
 
 log = logging.getLogger("pacsnode.web")
 
@@ -66,10 +67,24 @@ def _search(ctx: WebContext | None, level: str) -> Handler:
             parts = [writer.head(DICOM_XML) + dataset_xml(ds) for ds in found]
             body = b"".join(parts) + writer.close()
             return Response(body, media_type=writer.content_type(DICOM_XML), headers=headers)
-        return Response(dumps([dataset_json(ds) for ds in found]), media_type=DICOM_JSON, headers=headers)
+        body = dumps([_for_viewers(dataset_json(ds)) for ds in found])
+        return Response(body, media_type=DICOM_JSON, headers=headers)
 
     handler.transaction = "search"  # type: ignore[attr-defined]
     return handler
+
+
+def _for_viewers(obj: dict[str, Any]) -> dict[str, Any]:
+    """A QIDO-RS answer as deployed viewers read it.
+
+    OHIF 3.13.2 reads ModalitiesInStudy's Value without checking it exists, and its whole
+    study list fails on one study without Modality; an empty ModalitiesInStudy is left out
+    (an empty value and an absent one mean the same to a client, PS3.18 F.2.5).
+    """
+    modalities = obj.get("00080061")
+    if modalities is not None and "Value" not in modalities:
+        del obj["00080061"]
+    return obj
 
 
 def _wants_xml(accept: list[Acceptable]) -> bool:
@@ -152,12 +167,16 @@ def create_app(ctx: WebContext) -> Starlette:
             )
         )
     if web.gzip_min_size:
-        # Only text (DICOM JSON, XML) is worth compressing: pixel data and images are not.
+        # Only answers (DICOM JSON, XML) are worth compressing: pixel data and images are not,
+        # and the viewer's large bundles, cached by the browser, are not worth gzip each time.
         excluded = (
             *DEFAULT_EXCLUDED_CONTENT_TYPES,
             "multipart/*",
             "application/dicom",
             "application/octet-stream",
+            "application/wasm",
+            "text/javascript",
+            "application/javascript",
         )
         middleware.append(
             Middleware(GZipMiddleware, minimum_size=web.gzip_min_size, exclude_content_types=excluded)
@@ -166,6 +185,8 @@ def create_app(ctx: WebContext) -> Starlette:
         Mount(web.base_path, routes=dicomweb_routes(ctx)),
         Route("/wado", _bind(ctx, wado_uri.wado), methods=["GET"]),
         Mount("/api", app=create_admin_app(ctx)),
+        # Last: the OHIF viewer at the root, with its single-page fallback (when installed).
+        *viewer_routes(ctx.settings),
     ]
     return Starlette(
         routes=routes,
