@@ -20,8 +20,7 @@ from pacsnode.archive.query import QueryError
 from pacsnode.web import capabilities, qido, retrieve, store, wado_uri
 from pacsnode.web.admin import create_admin_app
 from pacsnode.web.context import WebContext, check_uid
-from pacsnode.web.dicomjson import dataset_json, dumps
-from pacsnode.web.dicomxml import dataset_xml
+from pacsnode.web.dicomjson import dumps
 from pacsnode.web.media import DICOM_JSON, DICOM_XML, MULTIPART, Acceptable, accept_list, accepts
 from pacsnode.web.multipart import MultipartWriter, new_boundary
 from pacsnode.web.viewer import viewer_routes
@@ -52,7 +51,7 @@ def _search(ctx: WebContext | None, level: str) -> Handler:
                 max_results=ctx.settings.web.max_results,
                 case_insensitive_names=ctx.settings.query.case_insensitive_names,
             )
-            found, more = await ctx.run(qido.run_search, ctx.engine, search, ctx.base_url(request))
+            found, more = await ctx.run(qido.run_search, ctx.engine, search, ctx.base_url(request), xml=xml)
         except (qido.SearchError, QueryError) as exc:
             raise HTTPException(400, getattr(exc, "comment", None) or str(exc)) from None
         headers = {}
@@ -64,10 +63,10 @@ def _search(ctx: WebContext | None, level: str) -> Handler:
         if xml:
             # PS3.18 8.7.3.4: one application/dicom+xml part per match.
             writer = MultipartWriter(new_boundary())
-            parts = [writer.head(DICOM_XML) + dataset_xml(ds) for ds in found]
+            parts = [writer.head(DICOM_XML) + document for document in found]
             body = b"".join(parts) + writer.close()
             return Response(body, media_type=writer.content_type(DICOM_XML), headers=headers)
-        body = dumps([_for_viewers(dataset_json(ds)) for ds in found])
+        body = dumps([_for_viewers(obj) for obj in found])
         return Response(body, media_type=DICOM_JSON, headers=headers)
 
     handler.transaction = "search"  # type: ignore[attr-defined]

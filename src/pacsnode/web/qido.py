@@ -6,9 +6,9 @@ import re
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
-from pydicom.dataset import Dataset
 
 from pacsnode.archive.qr_model import (
     IMAGE,
@@ -23,6 +23,8 @@ from pacsnode.archive.qr_model import (
     vr_of,
 )
 from pacsnode.archive.query import COLUMNS, Answer, Element, QueryEngine, prepare
+from pacsnode.web.dicomjson import answer_json
+from pacsnode.web.dicomxml import dataset_xml
 
 # PS3.18 Table 6.7.1-2a (10.6.3.3.1): the attributes every answer carries at each level.
 STUDY_DEFAULTS = (
@@ -227,11 +229,17 @@ def _defaults(level: str, scope: dict[int, str]) -> list[int]:
 # ---------------------------------------------------------------- the HTTP resource
 
 
-def run_search(engine: QueryEngine, search: Search, base: str) -> tuple[list[Dataset], bool]:
-    """The answers of a search as data sets with their Retrieve URL, and whether more matched."""
+def run_search(
+    engine: QueryEngine, search: Search, base: str, *, xml: bool = False
+) -> tuple[list[Any], bool]:
+    """The answers of a search, and whether more matched than were sent (blocking).
+
+    Each answer carries its Retrieve URL; it is a DICOM JSON object, or with ``xml`` a
+    PS3.19 document.  Encoding happens here, off the event loop.
+    """
     query = prepare(search.identifier, STUDY, search.options)
     wanted = None if search.limit is None else search.offset + search.limit + 1
-    out: list[Dataset] = []
+    out: list[Any] = []
     more = False
     for position, answer in enumerate(engine.find(query, limit=wanted or 0, stream=True)):
         if position < search.offset:
@@ -242,9 +250,12 @@ def run_search(engine: QueryEngine, search: Search, base: str) -> tuple[list[Dat
         answer.elements.pop(QUERY_RETRIEVE_LEVEL, None)  # a C-FIND key, not a QIDO-RS attribute
         # PS3.18 10.6.3.3.1: each match names the WADO-RS resource it can be retrieved from.
         answer.elements[RETRIEVE_URL] = ("UR", retrieve_url(base, search.level, answer))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            out.append(answer.dataset())
+        if xml:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out.append(dataset_xml(answer.dataset()))
+        else:
+            out.append(answer_json(answer))
     return out, more
 
 
