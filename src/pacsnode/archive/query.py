@@ -299,6 +299,17 @@ def _check_retrieve(query: PreparedQuery) -> None:
 # ---------------------------------------------------------------- SQL
 
 
+_LABELS: dict[int, str] = {}
+
+
+def _label(tag: int) -> str:
+    """The name of a key's column in a result row (computed once per tag: it is read per row)."""
+    label = _LABELS.get(tag)
+    if label is None:
+        label = _LABELS[tag] = f"c_{tag:08x}"
+    return label
+
+
 def _col(tag: int) -> ColumnClause[Any]:
     spec = COLUMNS[tag]
     column: ColumnClause[Any] = _TABLES[spec.level].c[spec.name]
@@ -443,11 +454,11 @@ def _base_select(level: str, wanted: frozenset[int], needs_file: bool) -> Select
     columns: list[Any] = [_TABLES[level].c.id.label("entity_id")]
     for tag, spec in COLUMNS.items():
         if DEPTH[spec.level] <= DEPTH[level] and (tag in wanted or spec.kind == "pn"):
-            columns.append(_col(tag).label(f"c_{tag:08x}"))
+            columns.append(_col(tag).label(_label(tag)))
     if level == PATIENT:
         for tag, expr in _patient_counts().items():
             if tag in wanted:
-                columns.append(expr.label(f"c_{tag:08x}"))
+                columns.append(expr.label(_label(tag)))
     if needs_file:
         columns.append(_representative_path(level).label("rep_path"))
     return select(*columns).select_from(source)
@@ -658,7 +669,7 @@ class QueryEngine:
     def _stored(self, query: PreparedQuery, candidate: _Candidate, tag: int) -> list[str]:
         spec = COLUMNS.get(tag)
         if spec is not None:
-            value = getattr(candidate.row, f"c_{tag:08x}", None)
+            value = getattr(candidate.row, _label(tag), None)
             if value is None:
                 return [""]
             text = str(value)
@@ -712,7 +723,7 @@ class QueryEngine:
     def _element(self, query: PreparedQuery, candidate: _Candidate, key: Key, vr: str) -> tuple[str, Any]:
         tag = key.tag
         if tag in COLUMNS or tag in _PATIENT_COUNTS:
-            value = getattr(candidate.row, f"c_{tag:08x}", None)
+            value = getattr(candidate.row, _label(tag), None)
             if tag in COLUMNS and COLUMNS[tag].kind == "multi":
                 parts = [p for p in str(value or "").split("\\") if p]
                 return vr, parts if len(parts) > 1 else (parts[0] if parts else None)

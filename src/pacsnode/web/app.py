@@ -14,6 +14,7 @@ from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddle
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pacsnode.archive.qr_model import IMAGE, SERIES, SERIES_INSTANCE_UID, STUDY, STUDY_INSTANCE_UID
 from pacsnode.archive.query import QueryError
@@ -51,7 +52,14 @@ def _search(ctx: WebContext | None, level: str) -> Handler:
                 max_results=ctx.settings.web.max_results,
                 case_insensitive_names=ctx.settings.query.case_insensitive_names,
             )
-            found, more = await ctx.run(qido.run_search, ctx.engine, search, ctx.base_url(request), xml=xml)
+            query = qido.prepared(search)
+            base = ctx.base_url(request)
+            if ctx.engine.is_selective(query):
+                # A lookup of a few index rows (a UID, a Patient ID): a thread hop would cost
+                # more than the query, as for C-FIND.
+                found, more = qido.run_search(ctx.engine, search, base, xml=xml, query=query)
+            else:
+                found, more = await ctx.run(qido.run_search, ctx.engine, search, base, xml=xml, query=query)
         except (qido.SearchError, QueryError) as exc:
             raise HTTPException(400, getattr(exc, "comment", None) or str(exc)) from None
         headers = {}
@@ -151,6 +159,22 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return PlainTextResponse("internal error", status_code=500)
 
 
+class _GzipWhenAsked:
+    """Starlette's gzip, entered only by requests that accept gzip (the others skip its cost)."""
+
+    def __init__(self, app: ASGIApp, /, **options: Any) -> None:
+        self.app = app
+        self.gzip = GZipMiddleware(app, **options)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for name, value in scope["headers"]:
+                if name == b"accept-encoding" and b"gzip" in value:
+                    await self.gzip(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
 def create_app(ctx: WebContext) -> Starlette:
     """The HTTP application of a node: DICOMweb under [web] base_path, WADO-URI at /wado."""
     web = ctx.settings.web
@@ -178,7 +202,7 @@ def create_app(ctx: WebContext) -> Starlette:
             "application/javascript",
         )
         middleware.append(
-            Middleware(GZipMiddleware, minimum_size=web.gzip_min_size, exclude_content_types=excluded)
+            Middleware(_GzipWhenAsked, minimum_size=web.gzip_min_size, exclude_content_types=excluded)
         )
     routes: list[BaseRoute] = [
         Mount(web.base_path, routes=dicomweb_routes(ctx)),

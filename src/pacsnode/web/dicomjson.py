@@ -12,6 +12,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from pacsnode.archive.qr_model import vr_of
 from pacsnode.archive.query import Answer
 
 # PS3.18 F.2.7: binary values at least this long are sent as a BulkDataURI, not inline.
@@ -22,12 +23,26 @@ BulkURI = Callable[[str], str]  # an element's path ("7FE00010", "00540016/0/001
 
 
 def _paths(ds: Dataset, prefix: str, out: dict[int, str]) -> None:
-    """Map each binary element object of a data set (sequences included) to its bulk data path."""
+    """Map each binary element object inside the data set's sequences to its bulk data path.
+
+    Top-level elements are named by their tag alone (the handler's default); only
+    sequences are converted to look inside them, the other elements stay raw.
+    """
+    for raw in ds.elements():
+        vr = raw.VR or vr_of(int(raw.tag))
+        if vr != "SQ":
+            continue
+        elem = ds[raw.tag]
+        for i, item in enumerate(elem.value or []):
+            _nested(item, f"{prefix}{int(raw.tag):08X}/{i}/", out)
+
+
+def _nested(ds: Dataset, prefix: str, out: dict[int, str]) -> None:
     for elem in ds:
         path = f"{prefix}{elem.tag:08X}"
         if elem.VR == "SQ":
             for i, item in enumerate(elem.value or []):
-                _paths(item, f"{path}/{i}/", out)
+                _nested(item, f"{path}/{i}/", out)
         elif elem.VR in _BINARY:
             out[id(elem)] = path
 

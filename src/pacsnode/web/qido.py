@@ -22,7 +22,7 @@ from pacsnode.archive.qr_model import (
     QueryOptions,
     vr_of,
 )
-from pacsnode.archive.query import COLUMNS, Answer, Element, QueryEngine, prepare
+from pacsnode.archive.query import COLUMNS, Answer, Element, PreparedQuery, QueryEngine, prepare
 from pacsnode.web.dicomjson import answer_json
 from pacsnode.web.dicomxml import dataset_xml
 
@@ -229,19 +229,26 @@ def _defaults(level: str, scope: dict[int, str]) -> list[int]:
 # ---------------------------------------------------------------- the HTTP resource
 
 
+def prepared(search: Search) -> PreparedQuery:
+    """The engine's query for a search (raises QueryError)."""
+    return prepare(search.identifier, STUDY, search.options)
+
+
 def run_search(
-    engine: QueryEngine, search: Search, base: str, *, xml: bool = False
+    engine: QueryEngine, search: Search, base: str, *, xml: bool = False, query: PreparedQuery | None = None
 ) -> tuple[list[Any], bool]:
     """The answers of a search, and whether more matched than were sent (blocking).
 
     Each answer carries its Retrieve URL; it is a DICOM JSON object, or with ``xml`` a
-    PS3.19 document.  Encoding happens here, off the event loop.
+    PS3.19 document.  A search that is not selective runs (and is encoded) off the loop.
     """
-    query = prepare(search.identifier, STUDY, search.options)
+    if query is None:
+        query = prepared(search)
     wanted = None if search.limit is None else search.offset + search.limit + 1
     out: list[Any] = []
     more = False
-    for position, answer in enumerate(engine.find(query, limit=wanted or 0, stream=True)):
+    stream = not engine.is_selective(query)
+    for position, answer in enumerate(engine.find(query, limit=wanted or 0, stream=stream)):
         if position < search.offset:
             continue
         if search.limit is not None and len(out) >= search.limit:
