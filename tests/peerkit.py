@@ -1004,6 +1004,7 @@ class ServeProcess:
     def __init__(self, data: Path, *, index_url: str = "", config: Path | None = None) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PACSNODE_")}
         env["COLUMNS"] = "250"
+        env["PACSNODE_HTTP_PORT"] = "0"  # never the default 8042, which another server may hold
         if index_url:
             env["PACSNODE_INDEX_URL"] = index_url
         args = [PACSNODE, "serve", "--data", str(data), "--dicom-port", "0"]
@@ -1012,7 +1013,9 @@ class ServeProcess:
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         self.lines: list[str] = []
         self.port = 0
+        self.web_url = ""
         self._ready = threading.Event()
+        self._web = threading.Event()
         self._reader = threading.Thread(target=self._read, name="serve-log", daemon=True)
         self._reader.start()
 
@@ -1025,11 +1028,23 @@ class ServeProcess:
             if m and not self.port:
                 self.port = int(m.group(3))
                 self._ready.set()
+            web = re.search(r"serving DICOMweb on (http://\S+)", line)
+            if web and not self.web_url:
+                self.web_url = web.group(1)
+                self._web.set()
         self._ready.set()  # EOF: the process is gone; wait_ready reports it
+        self._web.set()
 
     @property
     def output(self) -> str:
         return "\n".join(self.lines)
+
+    def wait_dicomweb(self, timeout: float = WAIT + 20) -> str:
+        """Block until the server logs its DICOMweb root; returns it."""
+        if not self._web.wait(timeout) or not self.web_url:
+            exit_code = self.proc.poll()
+            raise AssertionError(f"`pacsnode serve` serves no DICOMweb (exit {exit_code}):\n{self.output}")
+        return self.web_url
 
     def wait_ready(self, timeout: float = WAIT + 20) -> int:
         """Block until the 'listening' log line; returns the port."""

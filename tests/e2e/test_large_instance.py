@@ -189,3 +189,58 @@ def test_pipelined_stores_beyond_the_window_keep_memory_bounded(tmp_path):
     finally:
         if server.proc.poll() is None:
             server.stop()
+
+
+@pytest.mark.timeout(300)
+def test_200mb_stow_rs_body_streams_with_bounded_memory(tmp_path, large_file):
+    """The same instance by STOW-RS, sent chunked (no Content-Length): the body streams into the
+    spool as it arrives, so the server's peak RSS grows by less than 100 MB."""
+    import requests
+
+    path, uid, sha = large_file
+    data = tmp_path / "data"
+    server = ServeProcess(data)
+    try:
+        server.wait_ready()
+        url = server.wait_dicomweb()
+        boundary = "LARGEBODY"
+        headers = {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'}
+        warm = requests.post(f"{url}/studies", data=_stow_body(boundary, [make_instance()]), headers=headers)
+        assert warm.status_code == 200, warm.text
+        before = server.memory_kb()
+
+        def body():
+            yield f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+            with path.open("rb") as fp:
+                while chunk := fp.read(MB):
+                    yield chunk
+            yield f"\r\n--{boundary}--\r\n".encode()
+
+        r = requests.post(f"{url}/studies", data=body(), headers=headers, timeout=240)
+        assert r.status_code == 200, r.text
+        after = server.memory_kb()
+        index = ArchiveIndex(f"sqlite:///{(data / 'index.sqlite').resolve()}")
+        try:
+            row = index.instance(uid)
+            assert row is not None and row["sha256"] == sha
+            assert_consistent(data, index)
+        finally:
+            index.dispose()
+        growth = after - before
+        size_mib = path.stat().st_size >> 20
+        print(f"server VmHWM {before} kB -> {after} kB (+{growth} kB) for STOW-RS of {size_mib} MiB")
+        assert growth < GROWTH_LIMIT_KB, f"peak RSS grew by {growth >> 10} MiB"
+    finally:
+        if server.proc.poll() is None:
+            assert server.stop() == 0, server.output[-3000:]
+
+
+def _stow_body(boundary: str, datasets: list[Dataset]) -> bytes:
+    from io import BytesIO
+
+    out = b""
+    for ds in datasets:
+        buf = BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        out += f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + buf.getvalue() + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode()
