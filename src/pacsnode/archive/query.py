@@ -173,6 +173,8 @@ class InstanceRef:
     transfer_syntax_uid: str
     path: str
     size: int
+    series_instance_uid: str = ""
+    study_instance_uid: str = ""
 
 
 # An identifier's element: (tag, VR, value); the value is text (the DICOM form, values
@@ -630,6 +632,8 @@ class QueryEngine:
                 instances.c.transfer_syntax_uid,
                 instances.c.path,
                 instances.c.size,
+                series.c.series_instance_uid,
+                studies.c.study_instance_uid,
             )
             .select_from(_joined(_UPWARD))
             .order_by(series.c.id, instances.c.instance_number, instances.c.id)
