@@ -9,6 +9,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from pydicom.valuerep import PersonName
+
 # PS3.4 C.2.2.2.4: wildcards apply to these VRs only (not to dates, times, numbers, UIDs).
 WILDCARD_VRS = frozenset(("AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"))
 # PS3.4 C.2.2.2.5: range matching applies to dates and times.
@@ -291,6 +293,8 @@ def multi_values(value: object) -> list[str]:
         return [""]
     if isinstance(value, str | bytes):
         return [value.decode("latin-1") if isinstance(value, bytes) else value]
+    if isinstance(value, PersonName):
+        return [str(value)]  # one name (iterating a PersonName yields its characters)
     if isinstance(value, Iterable):
         items = [str(v) for v in value]
         return items or [""]

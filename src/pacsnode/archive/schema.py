@@ -9,6 +9,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -168,3 +169,24 @@ non_patient_objects = Table(
     Column("source_ae_title", String(16), nullable=False, default=""),
     Column("received_at", DateTime(timezone=True), nullable=False),
 )
+
+# PS3.4 Annex K: the scheduled procedure steps of the Modality Worklist, each kept whole
+# (its data set, Explicit VR Little Endian, text in UTF-8) with the keys a list shows.
+worklist_items = Table(
+    "worklist_items",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("status", String(16), nullable=False, default="SCHEDULED"),  # SCHEDULED or CANCELED
+    Column("accession_number", String(64), nullable=False, default=""),  # (0008,0050)
+    Column("patient_id", String(64), nullable=False, default=""),  # (0010,0020)
+    Column("patient_name", String(324), nullable=False, default=""),  # (0010,0010)
+    Column("sps_id", String(64), nullable=False, default=""),  # (0040,0009)
+    Column("modality", String(16), nullable=False, default=""),  # (0008,0060) in the step
+    Column("station_aet", String(64), nullable=False, default=""),  # (0040,0001)
+    Column("start_date", String(8), nullable=False, default=""),  # (0040,0002)
+    Column("start_time", String(16), nullable=False, default=""),  # (0040,0003)
+    Column("dataset", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_worklist_items_status", worklist_items.c.status)

@@ -631,6 +631,84 @@ def conformance(
             raise _fail(f"cannot write {output}: {exc.strerror}") from None
 
 
+worklist_app = typer.Typer(
+    help="The Modality Worklist of a running node (its REST API): add, list, cancel.",
+    no_args_is_help=True,
+)
+app.add_typer(worklist_app, name="worklist")
+UrlOpt = Annotated[
+    str, typer.Option("--url", help="The node's HTTP root (env PACSNODE_URL).", envvar="PACSNODE_URL")
+]
+
+
+@worklist_app.command("add")
+def worklist_add(
+    paths: Annotated[
+        list[Path], typer.Argument(exists=True, dir_okay=False, help="Worklist files (.wl) or DICOM JSON.")
+    ],
+    url: UrlOpt = "http://127.0.0.1:8042",
+) -> None:
+    """Schedule worklist items: DICOM files as DCMTK's wlmscpfs reads them, or DICOM JSON."""
+    from pacsnode.cli.worklist import WorklistClientError, add
+
+    failed = 0
+    for path in paths:
+        try:
+            ids = add(url, path)
+        except (WorklistClientError, OSError) as exc:
+            err.print(f"{path}: {exc}", highlight=False)
+            failed += 1
+            continue
+        print(f"{path}: scheduled as {', '.join(str(i) for i in ids)}")
+    raise typer.Exit(1 if failed else 0)
+
+
+@worklist_app.command("list")
+def worklist_list(
+    url: UrlOpt = "http://127.0.0.1:8042",
+    all_items: Annotated[bool, typer.Option("--all", help="Cancelled items too.")] = False,
+) -> None:
+    """List the scheduled procedure steps."""
+    from rich.table import Table
+
+    from pacsnode.cli.worklist import WorklistClientError, listing
+
+    try:
+        items = listing(url, include_canceled=all_items)
+    except WorklistClientError as exc:
+        raise _fail(str(exc)) from None
+    columns = (
+        "id",
+        "status",
+        "PatientID",
+        "PatientName",
+        "AccessionNumber",
+        "Modality",
+        "ScheduledStationAETitle",
+        "ScheduledProcedureStepStartDate",
+        "ScheduledProcedureStepID",
+    )
+    table = Table(*columns)
+    for item in items:
+        table.add_row(*(str(item.get(c, "")) for c in columns))
+    Console().print(table)
+
+
+@worklist_app.command("cancel")
+def worklist_cancel(
+    item_id: Annotated[int, typer.Argument(help="The item's id (pacsnode worklist list).")],
+    url: UrlOpt = "http://127.0.0.1:8042",
+) -> None:
+    """Cancel a scheduled procedure step: it no longer answers worklist queries."""
+    from pacsnode.cli.worklist import WorklistClientError, cancel
+
+    try:
+        cancel(url, item_id)
+    except WorklistClientError as exc:
+        raise _fail(str(exc)) from None
+    print(f"item {item_id} cancelled")
+
+
 viewer_app = typer.Typer(
     help="The OHIF web viewer, served by `pacsnode serve` at / beside its DICOMweb.",
     no_args_is_help=True,

@@ -71,6 +71,16 @@ class ServiceHandler(Protocol):
         """A sink for the request's data set, or None to receive it in memory."""
 
 
+class InMemoryDataSets:
+    """A service whose request data sets (identifiers) are small: received in memory."""
+
+    def sink_for(
+        self, command: Command, context: NegotiatedContext, association: Negotiated
+    ) -> DataSetSink | None:
+        """None: the request's data set is collected in memory."""
+        return None
+
+
 class MemorySink:
     """Collects a (small) data set in memory, refusing more than ``limit`` bytes."""
 

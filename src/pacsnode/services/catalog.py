@@ -8,6 +8,7 @@ from pacsnode.services.base import ServiceRegistry
 from pacsnode.services.query_retrieve import Connector, query_retrieve_services
 from pacsnode.services.storage import storage_service
 from pacsnode.services.verification import verification_service
+from pacsnode.services.worklist import worklist_service
 
 
 def default_registry(
@@ -28,4 +29,5 @@ def default_registry(
     if archive is not None or describe_storage:
         registry.register(storage_service(archive, settings.storage.private_sop_classes))
         registry.extend(query_retrieve_services(archive, settings, connector))
+        registry.register(worklist_service(archive.worklist if archive is not None else None, settings))
     return registry

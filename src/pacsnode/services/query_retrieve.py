@@ -49,8 +49,8 @@ from pacsnode.dimse.commands import Command, CommandField, Priority
 from pacsnode.dimse.messages import c_store_rq, response_to
 from pacsnode.dimse.status import Status, StatusCategory, category
 from pacsnode.services.base import (
-    DataSetSink,
     DimseRequest,
+    InMemoryDataSets,
     Responder,
     ServiceRegistration,
     SOPClass,
@@ -354,7 +354,15 @@ def choose_context(
 # ---------------------------------------------------------------- the SCP
 
 
-class QueryRetrieveSCP:
+def failure_response(cmd: Command, exc: QueryError) -> Command:
+    """The final response of a refused query: its status, Error Comment, Offending Element."""
+    fields: dict[str, Any] = {"error_comment": exc.comment[:1024]}
+    if exc.offending:
+        fields["offending_element"] = exc.offending[:16]
+    return response_to(cmd, exc.status, **fields)
+
+
+class QueryRetrieveSCP(InMemoryDataSets):
     """C-FIND, C-MOVE and C-GET SCP for the Patient Root and Study Root models (PS3.4 C.4)."""
 
     def __init__(self, archive: Archive, settings: Settings, connector: Connector | None = None) -> None:
@@ -363,12 +371,6 @@ class QueryRetrieveSCP:
         self.connector = connector
         self.engine = QueryEngine(archive.index, archive.store.absolute, settings.node.aet)
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pacsnode-query")
-
-    def sink_for(
-        self, command: Command, context: NegotiatedContext, association: Negotiated
-    ) -> DataSetSink | None:
-        """Identifiers are small: in memory."""
-        return None
 
     def handle(self, request: DimseRequest, responder: Responder) -> Awaitable[None] | None:
         """Dispatch on the command and the model of the context."""
@@ -397,20 +399,13 @@ class QueryRetrieveSCP:
                 exc.status,
                 exc.comment,
             )
-            responder.send(self._failure(cmd, exc))
+            responder.send(failure_response(cmd, exc))
             return None
         if operation == "find":
             return self._find(request, responder, query, _requested_charset(identifier))
         if operation == "move":
             return self._move(request, responder, query)
         return self._get(request, responder, query)
-
-    @staticmethod
-    def _failure(cmd: Command, exc: QueryError) -> Command:
-        fields: dict[str, Any] = {"error_comment": exc.comment[:1024]}
-        if exc.offending:
-            fields["offending_element"] = exc.offending[:16]
-        return response_to(cmd, exc.status, **fields)
 
     # ------------------------------------------------------------ C-FIND
 

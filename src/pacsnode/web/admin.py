@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import io
+import json
 import shutil
+import warnings
 from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
+from pydicom import dcmread
 from pydicom.datadict import keyword_for_tag
+from pydicom.dataset import Dataset
 from pydicom.valuerep import PersonName
 
 from pacsnode import __version__
@@ -25,6 +30,7 @@ from pacsnode.archive.qr_model import (
     vr_of,
 )
 from pacsnode.archive.query import Answer, Element, QueryError, prepare
+from pacsnode.archive.worklist import WorklistError
 from pacsnode.web import qido
 from pacsnode.web.context import WebContext, check_uid
 
@@ -204,4 +210,57 @@ def create_admin_app(ctx: WebContext) -> FastAPI:
 
     for level in (PATIENT, STUDY, SERIES, IMAGE):
         add_level(level)
+    _add_worklist(api, ctx)
     return api
+
+
+_WORKLIST_BODY_MAX = 16 << 20
+
+
+def _worklist_items(content_type: str, body: bytes) -> list[Dataset]:
+    """The items of a POST /api/worklist body: one DICOM file, or DICOM JSON (one or an array)."""
+    media = content_type.split(";")[0].strip().lower()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if media in ("application/dicom", "application/octet-stream"):
+            try:
+                return [dcmread(io.BytesIO(body), force=True)]
+            except Exception as exc:
+                raise HTTPException(400, f"not a DICOM file: {exc}") from None
+        if media in ("application/dicom+json", "application/json"):
+            try:
+                parsed = json.loads(body)
+                objects = parsed if isinstance(parsed, list) else [parsed]
+                return [Dataset.from_json(o) for o in objects]
+            except Exception as exc:
+                raise HTTPException(400, f"not DICOM JSON: {exc}") from None
+    raise HTTPException(415, "a worklist item is application/dicom or application/dicom+json")
+
+
+def _add_worklist(api: FastAPI, ctx: WebContext) -> None:
+    """PS3.4 Annex K: the scheduled procedure steps the Modality Worklist answers with."""
+    worklist = ctx.archive.worklist
+
+    @api.post("/worklist", status_code=201, summary="Schedule worklist items (DICOM file or DICOM JSON)")
+    async def add(request: Request) -> dict[str, Any]:
+        body = await request.body()
+        if len(body) > _WORKLIST_BODY_MAX:
+            raise HTTPException(413, "a worklist request is at most 16 MiB")
+        datasets = _worklist_items(request.headers.get("content-type", ""), body)
+        ids = []
+        for ds in datasets:
+            try:
+                ids.append(await ctx.run(worklist.add, ds))
+            except WorklistError as exc:
+                raise HTTPException(400, str(exc)) from None
+        return {"items": [{"id": i} for i in ids]}
+
+    @api.get("/worklist", summary="The scheduled procedure steps (all=true: cancelled ones too)")
+    async def listing(all: bool = False) -> dict[str, Any]:
+        return {"items": await ctx.run(worklist.listing, include_canceled=all)}
+
+    @api.delete("/worklist/{item_id}", status_code=204, summary="Cancel a scheduled procedure step")
+    async def cancel(item_id: int) -> Response:
+        if not await ctx.run(worklist.cancel, item_id):
+            raise HTTPException(404, "no such scheduled item")
+        return Response(status_code=204)
