@@ -10,7 +10,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 
 from pacsnode.archive.index import ArchiveIndex
 from pacsnode.archive.matching import InvalidKey, Kind, multi_values, value_matches
@@ -41,7 +41,42 @@ class WorklistError(ValueError):
 
 def _text(ds: Dataset, keyword: str) -> str:
     value = ds.get(keyword)
-    return "" if value is None else str(value)
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple):  # MultiValue: the DICOM form, backslash-separated
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+# Keys the table holds (tag -> column, and whether the key sits in the step's item): a
+# query's exact values and date ranges on them narrow the candidates in SQL.
+_TOP_COLUMNS = {0x00100020: "patient_id", 0x00080050: "accession_number"}
+_STEP_COLUMNS = {
+    0x00080060: "modality",
+    0x00400001: "station_aet",
+    0x00400002: "start_date",
+    0x00400009: "sps_id",
+}
+
+
+def _condition(column: Any, matcher: Any, multi: bool) -> Any:
+    """A SQL condition no matching item fails (it may let through some that do not match)."""
+    if matcher.kind is Kind.SINGLE and matcher.values:
+        if multi:  # a multi-valued column (station AE titles): a substring is enough to keep it
+            return or_(*(column.like(f"%{_escape(v)}%", escape="!") for v in matcher.values))
+        return column.in_([v.strip() for v in matcher.values])
+    if matcher.kind is Kind.RANGE:
+        conditions = []
+        if matcher.low:
+            conditions.append(column >= matcher.low[:8])
+        if matcher.high:
+            conditions.append(column <= matcher.high[:8])
+        return and_(*conditions) if conditions else None
+    return None
+
+
+def _escape(value: str) -> str:
+    return value.replace("!", "!!").replace("%", "!%").replace("_", "!_")
 
 
 class Worklist:
@@ -136,7 +171,7 @@ class Worklist:
             warnings.simplefilter("ignore")
             return decode(data, EXPLICIT_VR_LITTLE_ENDIAN)
 
-    def _scheduled(self) -> list[Dataset]:
+    def _scheduled_by_id(self) -> dict[int, Dataset]:
         with self._lock:
             if self._items is None:
                 with self.index.engine.connect() as conn:
@@ -146,7 +181,7 @@ class Worklist:
                         )
                     ).all()
                 self._items = {int(r.id): self._decode(bytes(r.dataset)) for r in rows}
-            return list(self._items.values())
+            return dict(self._items)
 
     # ------------------------------------------------------------ C-FIND (PS3.4 K.4.1.3)
 
@@ -167,12 +202,32 @@ class Worklist:
                 keys.append((tag, vr if vr != "UN" else vr_of(tag), _classify_element(tag, vr, value)))
             except InvalidKey as exc:
                 raise QueryError(UNABLE_TO_PROCESS, f"invalid key value: {exc}", [exc.tag]) from None
-        for item in self._scheduled():
+        for item in self._candidates(keys):
             if cancelled is not None and cancelled.is_set():
                 return
             answer = self._match(item, keys, options)
             if answer is not None:
                 yield answer
+
+    def _candidates(self, keys: list[tuple[int, str, Any]]) -> list[Dataset]:
+        """The items the indexed keys of a query leave (all of them when it has none)."""
+        conditions = []
+        for tag, _vr, matcher in keys:
+            if tag in _TOP_COLUMNS:
+                conditions.append(_condition(worklist_items.c[_TOP_COLUMNS[tag]], matcher, False))
+            elif tag == SPS_SEQUENCE and matcher.kind is Kind.SEQUENCE:
+                for sub_tag, sub in matcher.items:
+                    if sub_tag in _STEP_COLUMNS:
+                        column = worklist_items.c[_STEP_COLUMNS[sub_tag]]
+                        conditions.append(_condition(column, sub, sub_tag == 0x00400001))
+        conditions = [c for c in conditions if c is not None]
+        items = self._scheduled_by_id()
+        if not conditions:
+            return list(items.values())
+        stmt = select(worklist_items.c.id).where(worklist_items.c.status == SCHEDULED, *conditions)
+        with self.index.engine.connect() as conn:
+            ids = conn.execute(stmt).scalars().all()
+        return [items[i] for i in ids if i in items]
 
     @staticmethod
     def _match(item: Dataset, keys: list[tuple[int, str, Any]], options: QueryOptions) -> Answer | None:
