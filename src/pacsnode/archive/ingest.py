@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 
 from pacsnode.archive.blobs import FileStore
 from pacsnode.archive.index import RECOVER_REPLACE, ArchiveIndex, InstanceRecord, Outcome
+from pacsnode.archive.mpps import PerformedSteps
 from pacsnode.archive.records import InvalidInstance, instance_record, read_keys, uid_of
 from pacsnode.archive.worklist import Worklist
 from pacsnode.config.settings import Settings
@@ -195,6 +196,7 @@ class Archive:
         self.store = FileStore(settings.node.data, settings.storage.sync)
         self.index = ArchiveIndex(settings.index_url())
         self.worklist = Worklist(self.index)
+        self.performed_steps = PerformedSteps(self.index, self.worklist)
         self.policy = settings.storage.duplicate_policy
         self.max_batch = settings.storage.max_batch
         self.commit_timeout = settings.storage.commit_timeout

@@ -190,3 +190,15 @@ worklist_items = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 Index("ix_worklist_items_status", worklist_items.c.status)
+
+# PS3.4 Annex F: Modality Performed Procedure Steps, each kept whole with its status.
+performed_steps = Table(
+    "performed_steps",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("sop_instance_uid", String(64), nullable=False, unique=True),
+    Column("status", String(16), nullable=False),  # IN PROGRESS, COMPLETED, DISCONTINUED
+    Column("dataset", LargeBinary, nullable=False),  # Explicit VR Little Endian
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
-from sqlalchemy import and_, or_, select
+from sqlalchemy import ColumnElement, and_, or_, select
 
 from pacsnode.archive.index import ArchiveIndex
 from pacsnode.archive.matching import InvalidKey, Kind, multi_values, value_matches
@@ -30,7 +30,9 @@ from pacsnode.data.transcode import decode, encode
 from pacsnode.data.uids import EXPLICIT_VR_LITTLE_ENDIAN
 
 SCHEDULED = "SCHEDULED"
+STARTED = "STARTED"  # an MPPS IN PROGRESS performs it (it still answers queries)
 CANCELED = "CANCELED"
+ACTIVE = (SCHEDULED, STARTED)  # the statuses that answer worklist queries
 SPS_SEQUENCE = 0x00400100  # Scheduled Procedure Step Sequence
 _SKIP = frozenset((0x00080005, 0x00080052))  # Specific Character Set, Query/Retrieve Level
 
@@ -133,7 +135,7 @@ class Worklist:
         with self.index.engine.begin() as conn:
             done = conn.execute(
                 worklist_items.update()
-                .where(worklist_items.c.id == item_id, worklist_items.c.status == SCHEDULED)
+                .where(worklist_items.c.id == item_id, worklist_items.c.status.in_(ACTIVE))
                 .values(status=CANCELED, updated_at=datetime.now(UTC))
             ).rowcount
         with self._lock:
@@ -141,12 +143,32 @@ class Worklist:
                 self._items.pop(item_id, None)
         return bool(done)
 
+    def follow(self, accession_number: str, step_id: str, status: str) -> int:
+        """A performed step's status moves the scheduled step it performs (PS3.4 F.7.2.1.1).
+
+        STARTED keeps it on the worklist; COMPLETED and DISCONTINUED take it off.
+        Returns the number of items changed.
+        """
+        conditions: list[ColumnElement[bool]] = [worklist_items.c.status.in_(ACTIVE)]
+        if accession_number:
+            conditions.append(worklist_items.c.accession_number == accession_number)
+        if step_id:
+            conditions.append(worklist_items.c.sps_id == step_id)
+        with self.index.engine.begin() as conn:
+            changed = conn.execute(
+                worklist_items.update().where(*conditions).values(status=status, updated_at=datetime.now(UTC))
+            ).rowcount
+        if changed:
+            with self._lock:
+                self._items = None  # reloaded at the next query
+        return int(changed)
+
     def listing(self, *, include_canceled: bool = False) -> list[dict[str, Any]]:
         """Every item with the keys a list shows, oldest first."""
         columns = [c for c in worklist_items.c if c.name != "dataset"]
         stmt = select(*columns).order_by(worklist_items.c.id)
         if not include_canceled:
-            stmt = stmt.where(worklist_items.c.status == SCHEDULED)
+            stmt = stmt.where(worklist_items.c.status.in_(ACTIVE))
         with self.index.engine.connect() as conn:
             rows = conn.execute(stmt).all()
         return [
@@ -177,7 +199,7 @@ class Worklist:
                 with self.index.engine.connect() as conn:
                     rows = conn.execute(
                         select(worklist_items.c.id, worklist_items.c.dataset).where(
-                            worklist_items.c.status == SCHEDULED
+                            worklist_items.c.status.in_(ACTIVE)
                         )
                     ).all()
                 self._items = {int(r.id): self._decode(bytes(r.dataset)) for r in rows}
@@ -224,7 +246,7 @@ class Worklist:
         items = self._scheduled_by_id()
         if not conditions:
             return list(items.values())
-        stmt = select(worklist_items.c.id).where(worklist_items.c.status == SCHEDULED, *conditions)
+        stmt = select(worklist_items.c.id).where(worklist_items.c.status.in_(ACTIVE), *conditions)
         with self.index.engine.connect() as conn:
             ids = conn.execute(stmt).scalars().all()
         return [items[i] for i in ids if i in items]

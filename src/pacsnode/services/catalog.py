@@ -5,6 +5,7 @@ from __future__ import annotations
 from pacsnode.archive.ingest import Archive
 from pacsnode.config.settings import Settings
 from pacsnode.services.base import ServiceRegistry
+from pacsnode.services.mpps import mpps_service
 from pacsnode.services.query_retrieve import Connector, query_retrieve_services
 from pacsnode.services.storage import storage_service
 from pacsnode.services.verification import verification_service
@@ -30,4 +31,5 @@ def default_registry(
         registry.register(storage_service(archive, settings.storage.private_sop_classes))
         registry.extend(query_retrieve_services(archive, settings, connector))
         registry.register(worklist_service(archive.worklist if archive is not None else None, settings))
+        registry.register(mpps_service(archive.performed_steps if archive is not None else None))
     return registry

@@ -211,7 +211,28 @@ def create_admin_app(ctx: WebContext) -> FastAPI:
     for level in (PATIENT, STUDY, SERIES, IMAGE):
         add_level(level)
     _add_worklist(api, ctx)
+    _add_mpps(api, ctx)
     return api
+
+
+def _add_mpps(api: FastAPI, ctx: WebContext) -> None:
+    """PS3.4 Annex F: the performed procedure steps modalities reported."""
+    steps = ctx.archive.performed_steps
+
+    @api.get("/mpps", summary="Modality Performed Procedure Steps, with their status")
+    async def listing() -> dict[str, Any]:
+        return {"items": await ctx.run(steps.listing)}
+
+    @api.get("/mpps/{uid}", summary="One performed procedure step as DICOM JSON")
+    async def one(uid: str) -> Response:
+        check_uid(uid)
+        ds = await ctx.run(steps.get, uid)
+        if ds is None:
+            raise HTTPException(404, "no such performed procedure step")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            body = json.dumps(ds.to_json_dict())
+        return Response(body, media_type="application/dicom+json")
 
 
 _WORKLIST_BODY_MAX = 16 << 20
