@@ -102,8 +102,9 @@ def worklist_service(worklist: Worklist | None, settings: Settings) -> ServiceRe
             "the Scheduled Procedure Step Sequence's keys by sequence matching (Modality, Scheduled "
             "Station AE Title, start date and time ranges, performing physician); person names ignore "
             "case and accents by default. Each answer holds the keys of the query; answers are in the "
-            "query's character set when it holds them, else UTF-8. HL7 order feeds, MPPS and the "
-            "status of steps are not supported yet."
+            "query's character set when it holds them, else UTF-8. A step an MPPS performs stays "
+            "while IN PROGRESS and leaves the worklist when COMPLETED or DISCONTINUED. HL7 order "
+            "feeds are not supported yet."
         ),
         status_codes=(
             (Status.PENDING, "One scheduled procedure step, with the keys asked for."),
