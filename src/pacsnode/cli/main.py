@@ -709,6 +709,85 @@ def worklist_cancel(
     print(f"item {item_id} cancelled")
 
 
+mpps_app = typer.Typer(
+    help="Modality Performed Procedure Step SCU (PS3.4 Annex F): report a procedure to an MPPS SCP.",
+    no_args_is_help=True,
+)
+app.add_typer(mpps_app, name="mpps")
+MppsAet = Annotated[str, typer.Option("--aet", "-aet", help="Our (calling) AE title.")]
+MppsAec = Annotated[str, typer.Option("--aec", "-aec", help="The peer's (called) AE title.")]
+MppsTimeout = Annotated[float, typer.Option("--timeout", help="Seconds for connect, association, response.")]
+MppsFile = Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="DICOM file or DICOM JSON.")]
+
+
+def _mpps(
+    operation: str,
+    host: str,
+    port: int,
+    uid: str | None,
+    attributes: Path,
+    aet: str,
+    aec: str,
+    timeout: float,
+) -> None:
+    from pacsnode.cli.mpps import read_attributes, send
+    from pacsnode.net.client import AssociationError
+
+    try:
+        ds = read_attributes(attributes)
+    except Exception as exc:
+        raise _fail(f"cannot read {attributes}: {exc}") from None
+    try:
+        status, text, instance = run_loop(
+            send(
+                host,
+                port,
+                operation=operation,
+                uid=uid,
+                attributes=ds,
+                calling=aet,
+                called=aec,
+                timeout=timeout,
+            )
+        )
+    except (AssociationError, OSError, TimeoutError) as exc:
+        raise _fail(str(exc)) from None
+    print(f"N-{operation.upper()} {instance}: {text}")
+    raise typer.Exit(0 if status == 0 else 1)
+
+
+@mpps_app.command("create")
+def mpps_create(
+    host: Annotated[str, typer.Argument(help="The MPPS SCP's address.")],
+    port: Annotated[int, typer.Argument(min=1, max=65535)],
+    attributes: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help="DICOM file or DICOM JSON.")
+    ],
+    uid: Annotated[str | None, typer.Option(help="SOP Instance UID (default: a new one).")] = None,
+    aet: MppsAet = "PACSNODE",
+    aec: MppsAec = "ANY-SCP",
+    timeout: MppsTimeout = 30.0,
+) -> None:
+    """N-CREATE a performed procedure step (status IN PROGRESS); prints its SOP Instance UID."""
+    _mpps("create", host, port, uid, attributes, aet, aec, timeout)
+
+
+@mpps_app.command("set")
+def mpps_set(
+    host: Annotated[str, typer.Argument(help="The MPPS SCP's address.")],
+    port: Annotated[int, typer.Argument(min=1, max=65535)],
+    uid: Annotated[str, typer.Argument(help="The step's SOP Instance UID.")],
+    attributes: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help="DICOM file or DICOM JSON.")
+    ],
+    aet: MppsAet = "PACSNODE",
+    aec: MppsAec = "ANY-SCP",
+    timeout: MppsTimeout = 30.0,
+) -> None:
+    """N-SET a performed procedure step (e.g. to COMPLETED with its end date and time)."""
+    _mpps("set", host, port, uid, attributes, aet, aec, timeout)
+
+
 viewer_app = typer.Typer(
     help="The OHIF web viewer, served by `pacsnode serve` at / beside its DICOMweb.",
     no_args_is_help=True,

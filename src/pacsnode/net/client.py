@@ -21,7 +21,16 @@ from pacsnode.data.uids import (
     uid_name,
 )
 from pacsnode.dimse.commands import Command, Priority
-from pacsnode.dimse.messages import c_cancel_rq, c_echo_rq, c_find_rq, c_get_rq, c_move_rq, c_store_rq
+from pacsnode.dimse.messages import (
+    c_cancel_rq,
+    c_echo_rq,
+    c_find_rq,
+    c_get_rq,
+    c_move_rq,
+    c_store_rq,
+    n_create_rq,
+    n_set_rq,
+)
 from pacsnode.dimse.status import StatusCategory, category
 from pacsnode.net.association import AssociationClosed, AssociationProtocol
 from pacsnode.services.base import ServiceHandler
@@ -351,6 +360,31 @@ class Association:
         async for rsp, _ in self.request(ctx.context_id, c_echo_rq(self.next_message_id())):
             status = rsp.status if rsp.status is not None else 0xFFFF
         return EchoResult(status)
+
+    async def n_create(
+        self, sop_class_uid: str, sop_instance_uid: str | None, dataset: Dataset
+    ) -> tuple[Command, Dataset | None]:
+        """N-CREATE (PS3.7 10.1.5): the final response and its attribute list, if any."""
+        return await self._n_request(sop_class_uid, dataset, n_create_rq, sop_instance_uid)
+
+    async def n_set(
+        self, sop_class_uid: str, sop_instance_uid: str, modifications: Dataset
+    ) -> tuple[Command, Dataset | None]:
+        """N-SET (PS3.7 10.1.3): the final response and its attribute list, if any."""
+        return await self._n_request(sop_class_uid, modifications, n_set_rq, sop_instance_uid)
+
+    async def _n_request(
+        self, sop_class_uid: str, dataset: Dataset, make: Any, sop_instance_uid: str | None
+    ) -> tuple[Command, Dataset | None]:
+        context_id = self._query_context(sop_class_uid)
+        data = encode(dataset, self.negotiated.contexts[context_id].transfer_syntax)
+        final: tuple[Command, Dataset | None] | None = None
+        async for rsp, body in self.request(
+            context_id, make(self.next_message_id(), sop_class_uid, sop_instance_uid), data
+        ):
+            final = (rsp, self._decode(context_id, body))
+        assert final is not None
+        return final
 
     def _query_context(self, sop_class_uid: str) -> int:
         ctx = self.negotiated.context_for(sop_class_uid)

@@ -87,6 +87,7 @@ def mpps_service(steps: PerformedSteps | None) -> ServiceRegistration:
         sop_classes=(SOPClass(MPPS_SOP_CLASS, "Modality Performed Procedure Step"),),
         transfer_syntaxes=_UNCOMPRESSED,
         scp=True,
+        scu=True,
         handler=PerformedProcedureStepSCP(steps) if steps is not None else None,
         notes=(
             "N-CREATE with Performed Procedure Step Status IN PROGRESS and the Type 1 attributes of "
@@ -94,8 +95,8 @@ def mpps_service(steps: PerformedSteps | None) -> ServiceRegistration:
             "Attributes Sequence); N-SET while IN PROGRESS, to COMPLETED or DISCONTINUED with the end "
             "date and time; a final step cannot change. The worklist items the step names (Accession "
             "Number, Scheduled Procedure Step ID) follow: STARTED, then off the worklist. Steps are "
-            "kept in the index and listed at /api/mpps. Forwarding to another MPPS SCP and an MPPS "
-            "SCU are not supported yet."
+            "kept in the index and listed at /api/mpps. As SCU, `pacsnode mpps create|set` sends one "
+            "N-CREATE or N-SET. Forwarding to another MPPS SCP is not supported yet."
         ),
         status_codes=(
             (Status.SUCCESS, "Created or set."),
