@@ -507,6 +507,7 @@ def storage_settings(
     peers: dict[str, tuple[str, int]] | None = None,
     query: dict[str, Any] | None = None,
     web: dict[str, Any] | None = None,
+    mpps: dict[str, Any] | None = None,
     **storage: Any,
 ) -> Settings:
     """Node settings for tests: port 0, this data folder and index, short shutdown.
@@ -527,6 +528,8 @@ def storage_settings(
         overrides["query"] = dict(query)
     if web:
         overrides["web"] = dict(web)
+    if mpps:
+        overrides["mpps"] = dict(mpps)
     return load_settings(None, overrides, environ={})
 
 

@@ -143,3 +143,57 @@ def test_bad_requests(node, assoc):
     # nothing of the refused requests was kept; the node still serves
     assert [s["SOPInstanceUID"] for s in requests.get(f"{node.http_url}/api/mpps").json()["items"]] == [uid]
     assert _status(assoc.send_n_set(change, MPPS, uid)) == 0x0000
+
+
+def test_accepted_steps_are_forwarded_in_order(make_storage_node, tmp_path):
+    # pynetdicom as the MPPS SCP the node forwards to ([mpps] forward_to = ["FWD"]).
+    import threading
+
+    from peerkit import free_port
+
+    received: list[tuple[str, str, str]] = []
+    finished = threading.Event()
+
+    def on_create(event):
+        received.append(
+            (
+                "create",
+                event.request.AffectedSOPInstanceUID,
+                event.attribute_list.PerformedProcedureStepStatus,
+            )
+        )
+        return 0x0000, event.attribute_list
+
+    def on_set(event):
+        received.append(
+            ("set", event.request.RequestedSOPInstanceUID, event.attribute_list.PerformedProcedureStepStatus)
+        )
+        finished.set()
+        return 0x0000, event.attribute_list
+
+    port = free_port()
+    fwd = pynetdicom.AE(ae_title="FWD")
+    fwd.add_supported_context(MPPS)
+    handlers = [(pynetdicom.evt.EVT_N_CREATE, on_create), (pynetdicom.evt.EVT_N_SET, on_set)]
+    server = fwd.start_server((HOST, port), block=False, evt_handlers=handlers)
+    try:
+        node = make_storage_node(peers={"FWD": (HOST, port)}, mpps={"forward_to": ["FWD"]})
+        ae = pynetdicom.AE(ae_title="MODALITY")
+        ae.add_requested_context(MPPS)
+        assoc = ae.associate(HOST, node.port, ae_title="PACSNODE")
+        assert assoc.is_established
+        item = dcmread(WORKLIST[3])
+        uid = generate_uid()
+        refused = _in_progress(item, PerformedProcedureStepStatus="COMPLETED")
+        assert _status(assoc.send_n_create(refused, MPPS, generate_uid())) == 0x0106  # not forwarded
+        assert _status(assoc.send_n_create(_in_progress(item), MPPS, uid)) == 0x0000
+        done = Dataset()
+        done.PerformedProcedureStepStatus = "COMPLETED"
+        done.PerformedProcedureStepEndDate = "20261126"
+        done.PerformedProcedureStepEndTime = "104500"
+        assert _status(assoc.send_n_set(done, MPPS, uid)) == 0x0000
+        assoc.release()
+        assert finished.wait(30)
+    finally:
+        server.shutdown()
+    assert received == [("create", uid, "IN PROGRESS"), ("set", uid, "COMPLETED")]

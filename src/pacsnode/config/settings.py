@@ -109,6 +109,20 @@ class QuerySettings(BaseModel):
     move_timeout: float = Field(default=30.0, gt=0)
 
 
+class MppsSettings(BaseModel):
+    """The ``[mpps]`` table: what the node does with the performed procedure steps it receives."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # AE titles of [peers.X] to which each accepted N-CREATE and N-SET is forwarded, in order.
+    forward_to: list[str] = Field(default_factory=list)
+
+    @field_validator("forward_to")
+    @classmethod
+    def _titles(cls, value: list[str]) -> list[str]:
+        return [_check_ae_title(v) for v in value]
+
+
 class WebSettings(BaseModel):
     """The ``[web]`` table: the HTTP server of DICOMweb (PS3.18) and the admin API."""
 
@@ -148,6 +162,7 @@ class Settings(BaseModel):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     query: QuerySettings = Field(default_factory=QuerySettings)
     web: WebSettings = Field(default_factory=WebSettings)
+    mpps: MppsSettings = Field(default_factory=MppsSettings)
     # Remote AEs keyed by AE title: ``[peers.STORESCP]`` with host and port.
     peers: dict[str, PeerSettings] = Field(default_factory=dict)
 

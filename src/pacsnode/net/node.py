@@ -33,7 +33,9 @@ class Node:
         self.archive = Archive(settings)
         self.server = DicomServer(
             ae_title=settings.node.aet,
-            registry=default_registry(settings, self.archive, connector=open_association),
+            registry=default_registry(
+                settings, self.archive, connector=open_association, mpps_connector=open_association
+            ),
             network=settings.network,
             implementation_class_uid=IMPLEMENTATION_CLASS_UID,
             implementation_version_name=IMPLEMENTATION_VERSION_NAME,

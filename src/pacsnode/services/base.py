@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from pacsnode.dimse.commands import Command
-from pacsnode.ul.negotiation import Negotiated, NegotiatedContext, SOPClassSupport
+from pacsnode.ul.negotiation import Negotiated, NegotiatedContext, ProposedContext, SOPClassSupport
 
 
 class Responder(Protocol):
@@ -69,6 +69,27 @@ class ServiceHandler(Protocol):
         self, command: Command, context: NegotiatedContext, association: Negotiated
     ) -> DataSetSink | None:
         """A sink for the request's data set, or None to receive it in memory."""
+
+
+AssociationT_co = TypeVar("AssociationT_co", covariant=True)
+
+
+class AssociationOpener(Protocol[AssociationT_co]):
+    """Opens an association to a peer (the net layer's ``open_association``, injected)."""
+
+    def __call__(
+        self,
+        host: str,
+        port: int,
+        *,
+        called_ae_title: str,
+        calling_ae_title: str,
+        contexts: Sequence[ProposedContext],
+        connect_timeout: float,
+        acse_timeout: float,
+        dimse_timeout: float | None,
+    ) -> Awaitable[AssociationT_co]:
+        """Connect and negotiate."""
 
 
 class InMemoryDataSets:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pacsnode.archive.ingest import Archive
 from pacsnode.config.settings import Settings
 from pacsnode.services.base import ServiceRegistry
-from pacsnode.services.mpps import mpps_service
+from pacsnode.services.mpps import MppsConnector, mpps_service
 from pacsnode.services.query_retrieve import Connector, query_retrieve_services
 from pacsnode.services.storage import storage_service
 from pacsnode.services.verification import verification_service
@@ -18,12 +18,14 @@ def default_registry(
     *,
     describe_storage: bool = False,
     connector: Connector | None = None,
+    mpps_connector: MppsConnector | None = None,
 ) -> ServiceRegistry:
     """Every service class this node offers with these settings.
 
     Storage and Query/Retrieve are served when an archive is given;
     ``describe_storage`` lists them without one, for the conformance statement of
-    a node that is not running.  ``connector`` opens C-MOVE sub-associations.
+    a node that is not running.  ``connector`` opens C-MOVE sub-associations,
+    ``mpps_connector`` the associations that forward MPPS.
     """
     registry = ServiceRegistry()
     registry.register(verification_service())
@@ -31,5 +33,6 @@ def default_registry(
         registry.register(storage_service(archive, settings.storage.private_sop_classes))
         registry.extend(query_retrieve_services(archive, settings, connector))
         registry.register(worklist_service(archive.worklist if archive is not None else None, settings))
-        registry.register(mpps_service(archive.performed_steps if archive is not None else None))
+        steps = archive.performed_steps if archive is not None else None
+        registry.register(mpps_service(steps, settings, mpps_connector))
     return registry

@@ -3,20 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import warnings
 from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol, TypeAlias
 
+from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from pacsnode import IMPLEMENTATION_CLASS_UID
 from pacsnode.archive.mpps import MppsError, PerformedSteps
+from pacsnode.config.settings import Settings
 from pacsnode.data.transcode import decode
 from pacsnode.dimse.commands import CommandField
 from pacsnode.dimse.messages import response_to
 from pacsnode.dimse.status import Status
-from pacsnode.services.base import DimseRequest, InMemoryDataSets, Responder, ServiceRegistration, SOPClass
+from pacsnode.services.base import (
+    AssociationOpener,
+    DimseRequest,
+    InMemoryDataSets,
+    Responder,
+    ServiceRegistration,
+    SOPClass,
+)
+from pacsnode.ul.negotiation import ProposedContext
 
 log = logging.getLogger("pacsnode.mpps")
 
@@ -25,12 +37,37 @@ MPPS_SOP_CLASS = "1.2.840.10008.3.1.2.3.3"
 _UNCOMPRESSED = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
 
 
-class PerformedProcedureStepSCP(InMemoryDataSets):
-    """Keeps the MPPS instances modalities create and update."""
+class MppsAssociation(Protocol):
+    """An association to another MPPS SCP, as the net layer's client offers it."""
 
-    def __init__(self, steps: PerformedSteps) -> None:
+    def n_create(self, sop_class_uid: str, sop_instance_uid: str | None, dataset: Dataset) -> Awaitable[Any]:
+        """N-CREATE."""
+
+    def n_set(self, sop_class_uid: str, sop_instance_uid: str, modifications: Dataset) -> Awaitable[Any]:
+        """N-SET."""
+
+    def release(self, timeout: float | None = 30.0) -> Awaitable[None]:
+        """A-RELEASE."""
+
+    def abort(self) -> None:
+        """A-ABORT."""
+
+
+# Opens the associations that forward MPPS.
+MppsConnector: TypeAlias = AssociationOpener[MppsAssociation]
+
+
+class PerformedProcedureStepSCP(InMemoryDataSets):
+    """Keeps the MPPS instances modalities create and update, and forwards them if asked."""
+
+    def __init__(
+        self, steps: PerformedSteps, settings: Settings | None = None, connector: MppsConnector | None = None
+    ) -> None:
         self.steps = steps
+        self.settings = settings
+        self.connector = connector
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pacsnode-mpps")
+        self._forwarding: asyncio.Task[None] | None = None  # the last forward: the next waits for it
 
     def handle(self, request: DimseRequest, responder: Responder) -> Awaitable[None] | None:
         """N-CREATE and N-SET (PS3.4 F.7.2); anything else is 0211 Unrecognized Operation."""
@@ -77,10 +114,57 @@ class PerformedProcedureStepSCP(InMemoryDataSets):
             "MPPS %s %s from %s", "created" if creating else "set", uid, request.association.calling_ae_title
         )
         responder.send(response_to(cmd, Status.SUCCESS, affected_sop_instance_uid=uid))
+        if self.settings is not None and self.settings.mpps.forward_to and self.connector is not None:
+            previous = self._forwarding
+            self._forwarding = asyncio.get_running_loop().create_task(
+                self._forward(previous, "create" if creating else "set", uid, ds)
+            )
+
+    async def _forward(
+        self, previous: asyncio.Task[None] | None, operation: str, uid: str, ds: Dataset
+    ) -> None:
+        """Send an accepted N-CREATE or N-SET on to each [mpps] forward_to peer, in order."""
+        if previous is not None:
+            with contextlib.suppress(Exception):
+                await previous  # an N-SET goes after the N-CREATE it changes
+        assert self.settings is not None and self.connector is not None
+        settings = self.settings
+        for title in settings.mpps.forward_to:
+            peer = settings.peers.get(title)
+            if peer is None:
+                log.warning("MPPS forward: no [peers.%s] in the configuration", title)
+                continue
+            timeout = settings.query.move_timeout
+            try:
+                assoc = await self.connector(
+                    peer.host,
+                    peer.port,
+                    called_ae_title=title,
+                    calling_ae_title=settings.node.aet,
+                    contexts=[ProposedContext(MPPS_SOP_CLASS, _UNCOMPRESSED)],
+                    connect_timeout=timeout,
+                    acse_timeout=timeout,
+                    dimse_timeout=timeout,
+                )
+                try:
+                    if operation == "create":
+                        rsp, _ = await assoc.n_create(MPPS_SOP_CLASS, uid, ds)
+                    else:
+                        rsp, _ = await assoc.n_set(MPPS_SOP_CLASS, uid, ds)
+                finally:
+                    await assoc.release()
+            except Exception as exc:
+                log.warning("MPPS forward of N-%s %s to %s failed: %s", operation.upper(), uid, title, exc)
+                continue
+            log.info(
+                "MPPS N-%s %s forwarded to %s: status 0x%04X", operation.upper(), uid, title, rsp.status or 0
+            )
 
 
-def mpps_service(steps: PerformedSteps | None) -> ServiceRegistration:
-    """The Modality Performed Procedure Step SOP class, SCP."""
+def mpps_service(
+    steps: PerformedSteps | None, settings: Settings | None = None, connector: MppsConnector | None = None
+) -> ServiceRegistration:
+    """The Modality Performed Procedure Step SOP class, SCP (forwarding to [mpps] forward_to)."""
     return ServiceRegistration(
         name="Modality Performed Procedure Step",
         standard="PS3.4 Annex F",
@@ -88,7 +172,7 @@ def mpps_service(steps: PerformedSteps | None) -> ServiceRegistration:
         transfer_syntaxes=_UNCOMPRESSED,
         scp=True,
         scu=True,
-        handler=PerformedProcedureStepSCP(steps) if steps is not None else None,
+        handler=PerformedProcedureStepSCP(steps, settings, connector) if steps is not None else None,
         notes=(
             "N-CREATE with Performed Procedure Step Status IN PROGRESS and the Type 1 attributes of "
             "Table F.7.2-1 (ID, station AE title, start date and time, modality, Scheduled Step "
@@ -96,7 +180,8 @@ def mpps_service(steps: PerformedSteps | None) -> ServiceRegistration:
             "date and time; a final step cannot change. The worklist items the step names (Accession "
             "Number, Scheduled Procedure Step ID) follow: STARTED, then off the worklist. Steps are "
             "kept in the index and listed at /api/mpps. As SCU, `pacsnode mpps create|set` sends one "
-            "N-CREATE or N-SET. Forwarding to another MPPS SCP is not supported yet."
+            "N-CREATE or N-SET. Each accepted N-CREATE and N-SET is forwarded, in order, to the AEs "
+            "of [mpps] forward_to (a failed forward is logged, the modality's answer stands)."
         ),
         status_codes=(
             (Status.SUCCESS, "Created or set."),

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 from pydicom.charset import convert_encodings, encode_string
 from pydicom.dataset import Dataset
@@ -49,6 +49,7 @@ from pacsnode.dimse.commands import Command, CommandField, Priority
 from pacsnode.dimse.messages import c_store_rq, response_to
 from pacsnode.dimse.status import Status, StatusCategory, category
 from pacsnode.services.base import (
+    AssociationOpener,
     DimseRequest,
     InMemoryDataSets,
     Responder,
@@ -105,22 +106,8 @@ class StoreAssociation(Protocol):
         """A-ABORT."""
 
 
-class Connector(Protocol):
-    """Opens an association (the net layer's ``open_association``)."""
-
-    def __call__(
-        self,
-        host: str,
-        port: int,
-        *,
-        called_ae_title: str,
-        calling_ae_title: str,
-        contexts: Sequence[ProposedContext],
-        connect_timeout: float,
-        acse_timeout: float,
-        dimse_timeout: float | None,
-    ) -> Awaitable[StoreAssociation]:
-        """Connect and negotiate."""
+# Opens C-MOVE sub-associations.
+Connector: TypeAlias = AssociationOpener[StoreAssociation]
 
 
 # ---------------------------------------------------------------- identifiers
