@@ -17,7 +17,8 @@ from pacsnode.archive.query import Answer
 
 # PS3.18 F.2.7: binary values at least this long are sent as a BulkDataURI, not inline.
 BULK_THRESHOLD = 1024
-_BINARY = frozenset(("OB", "OD", "OF", "OL", "OV", "OW", "UN"))
+# PS3.5 6.2: the VRs whose values are bytes, not text or numbers.
+BINARY_VRS = frozenset(("OB", "OD", "OF", "OL", "OV", "OW", "UN"))
 
 BulkURI = Callable[[str], str]  # an element's path ("7FE00010", "00540016/0/00181072") -> its URI
 
@@ -43,7 +44,7 @@ def _nested(ds: Dataset, prefix: str, out: dict[int, str]) -> None:
         if elem.VR == "SQ":
             for i, item in enumerate(elem.value or []):
                 _nested(item, f"{path}/{i}/", out)
-        elif elem.VR in _BINARY:
+        elif elem.VR in BINARY_VRS:
             out[id(elem)] = path
 
 

@@ -9,7 +9,8 @@ from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
 from pydicom.valuerep import PersonName
 
-_BINARY = frozenset(("OB", "OD", "OF", "OL", "OV", "OW", "UN"))
+from pacsnode.web.dicomjson import BINARY_VRS
+
 # PS3.19 A.1.5: the components of each person name group.
 _PN_PARTS = ("FamilyName", "GivenName", "MiddleName", "NamePrefix", "NameSuffix")
 _PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
@@ -42,7 +43,7 @@ def _attribute(parent: ET.Element, elem: Any) -> None:
             item_node = ET.SubElement(node, "Item", number=str(i))
             _fill(item_node, item)
         return
-    if vr in _BINARY:
+    if vr in BINARY_VRS:
         return  # PS3.19 A.1.5: bulk data is referenced or omitted; query answers hold none
     values = list(value) if isinstance(value, list | tuple) or hasattr(value, "__iter__") else [value]
     if isinstance(value, str | bytes | PersonName):

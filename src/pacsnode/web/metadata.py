@@ -16,13 +16,13 @@ from pydicom.dataset import Dataset
 
 from pacsnode.archive.qr_model import vr_of
 from pacsnode.data.elements import codec_of
+from pacsnode.web.dicomjson import BINARY_VRS, dataset_json
 
 # PS3.18 F.2.7: a binary value whose Base64 form would pass 1,024 characters is bulk data
 # (pydicom's rule too: more than 768 bytes).
 BULK_BYTES = 768
 # Float, Double Float and Pixel Data: always bulk data, however small (PS3.18 8.7.3.3).
 PIXEL_TAGS = frozenset((0x7FE00008, 0x7FE00009, 0x7FE00010))
-_BINARY = frozenset(("OB", "OD", "OF", "OL", "OV", "OW", "UN"))
 _NUMBERS = {
     "US": struct.Struct("<H"),
     "SS": struct.Struct("<h"),
@@ -80,7 +80,7 @@ def _element(raw: RawDataElement, vr: str, codec: str) -> dict[str, Any]:
     out: dict[str, Any] = {"vr": vr}
     if not value:
         return out
-    if vr in _BINARY:
+    if vr in BINARY_VRS:
         out["InlineBinary"] = base64.b64encode(value).decode("ascii")
         return out
     number = _NUMBERS.get(vr)
@@ -157,7 +157,7 @@ def _dataset_json(ds: Dataset, codec: str, prefix: str, bulk_uri: BulkURI) -> di
         if elem.value is None and elem.length == 0:
             out[key] = {"vr": vr}  # an empty value pydicom left "deferred"
             continue
-        if vr in _BINARY and (elem.value is None or len(elem.value) > BULK_BYTES):
+        if is_bulk(tag, vr, elem.value):
             out[key] = {"vr": vr, "BulkDataURI": bulk_uri(f"{prefix}{key}")}
             continue
         try:
@@ -175,15 +175,40 @@ def _pydicom_element(ds: Dataset, tag: int, path: str, bulk_uri: BulkURI) -> dic
         return obj
 
 
+def is_bulk(tag: int, vr: str, value: bytes | None) -> bool:
+    """Whether a value is sent as a BulkDataURI: Pixel Data always, binary values past 768 bytes."""
+    return tag in PIXEL_TAGS or (vr in BINARY_VRS and (value is None or len(value) > BULK_BYTES))
+
+
 def instance_json(path: Path, bulk_uri: BulkURI) -> dict[str, Any]:
-    """The DICOM JSON of a stored instance, bulk data by reference (PS3.18 F.2.7).
+    """The DICOM JSON of a stored instance from its raw elements (raises for what it declines).
 
     Values are read from the raw elements: text decoded in the data set's character set,
-    numbers unpacked, nothing converted to pydicom objects.  Big endian data sets, code
-    extensions and ambiguous VRs go through pydicom instead; so do the elements of sequences
-    that need it.  Large values are never read (pydicom defers them).
+    numbers unpacked, nothing converted to pydicom objects.  Big endian data sets and code
+    extensions are declined (``is_unusual``); ambiguous VRs and the elements of sequences
+    that need it go through pydicom.  Large values are never read (pydicom defers them).
     """
-    ds = dcmread(path, force=True, defer_size=BULK_BYTES + 1)
+    return _raw_json(_read(path), bulk_uri)
+
+
+def instance_metadata(path: Path, bulk_uri: BulkURI) -> dict[str, Any]:
+    """The DICOM JSON of a stored instance: the raw encoder, or pydicom's where it declines.
+
+    The file is read once, large values deferred (never read), so the metadata of a 2 GB
+    multi-frame costs its header, and elements after the pixel data are kept.
+    """
+    ds = _read(path)
+    try:
+        return _raw_json(ds, bulk_uri)
+    except _Unusual:
+        return _pydicom_json(ds, bulk_uri)
+
+
+def _read(path: Path) -> Dataset:
+    return dcmread(path, force=True, defer_size=BULK_BYTES + 1)
+
+
+def _raw_json(ds: Dataset, bulk_uri: BulkURI) -> dict[str, Any]:
     charset = ds.get("SpecificCharacterSet")
     terms = [str(t) for t in charset] if isinstance(charset, list | tuple) else [str(charset or "")]
     codec = codec_of(terms if any(terms) else [])
@@ -192,6 +217,21 @@ def instance_json(path: Path, bulk_uri: BulkURI) -> dict[str, Any]:
     return _dataset_json(ds, codec, "", bulk_uri)
 
 
+def _pydicom_json(ds: Dataset, bulk_uri: BulkURI) -> dict[str, Any]:
+    """The same JSON through pydicom's encoder (big endian, code extensions)."""
+    referenced: dict[str, str] = {}
+    for tag in list(ds.keys()):
+        raw = ds.get_item(tag, keep_deferred=True)
+        vr = str(raw.VR or vr_of(int(tag)))
+        if is_bulk(int(tag), vr, raw.value):
+            referenced[f"{int(tag):08X}"] = vr
+            del ds[tag]
+    obj = dataset_json(ds, bulk_uri)
+    for key, vr in referenced.items():
+        obj[key] = {"vr": vr, "BulkDataURI": bulk_uri(key)}
+    return obj
+
+
 def is_unusual(exc: BaseException) -> bool:
-    """Whether ``instance_json`` declined an instance (the caller then uses pydicom's encoder)."""
+    """Whether ``instance_json`` declined an instance (``instance_metadata`` then uses pydicom)."""
     return isinstance(exc, _Unusual)

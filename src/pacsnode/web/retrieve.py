@@ -19,13 +19,12 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from pacsnode.archive.qr_model import vr_of
 from pacsnode.archive.query import InstanceRef
 from pacsnode.data.part10 import dataset_offset, file_meta
 from pacsnode.data.transcode import TranscodeError, is_encapsulated, transcode
 from pacsnode.web import metadata, render
 from pacsnode.web.context import WebContext, check_uid, log
-from pacsnode.web.dicomjson import dataset_json, dumps
+from pacsnode.web.dicomjson import dumps
 from pacsnode.web.media import (
     ANY_SYNTAX,
     DICOM,
@@ -42,9 +41,6 @@ from pacsnode.web.multipart import MultipartWriter, new_boundary
 
 _CHUNK = 1 << 20
 _BATCH = 4 << 20  # bytes of stored files read per thread hop
-_BINARY = frozenset(("OB", "OD", "OF", "OL", "OV", "OW", "UN"))
-# Float, Double Float and Pixel Data: always bulk data, however small (PS3.18 8.7.3.3).
-_PIXEL_TAGS = frozenset((0x7FE00008, 0x7FE00009, 0x7FE00010))
 _wlog = logging.getLogger("pacsnode.web.wado")
 
 
@@ -248,42 +244,12 @@ def _bulk_url(url: str, path: str) -> str:
 
 
 def _instance_metadata(path: Path, ref: InstanceRef, base: str) -> dict[str, Any]:
-    """One instance's DICOM JSON; large binary values (Pixel Data among them) by reference.
-
-    Values of more than 768 bytes are not read (deferred), so the metadata of a 2 GB
-    multi-frame costs its header, and elements after the pixel data are kept.  The raw
-    encoder of ``metadata`` writes it; pydicom's encoder takes what that one declines.
-    """
+    """One instance's DICOM JSON, large binary values (Pixel Data among them) by reference."""
     url = _instance_url(base, ref.study_instance_uid, ref.series_instance_uid, ref.sop_instance_uid)
-    bulk = functools.partial(_bulk_url, url)
-    try:
-        obj = metadata.instance_json(path, bulk)
-    except Exception as exc:
-        if not metadata.is_unusual(exc):
-            raise
-        obj = _pydicom_metadata(path, bulk)
+    obj = metadata.instance_metadata(path, functools.partial(_bulk_url, url))
     # PS3.18 10.4.1.2: the transfer syntax the instance is available in.
     obj["00083002"] = {"vr": "UI", "Value": [ref.transfer_syntax_uid]}
     return dict(sorted(obj.items()))
-
-
-def _pydicom_metadata(path: Path, bulk: metadata.BulkURI) -> dict[str, Any]:
-    """The same JSON through pydicom (big endian, code extensions)."""
-    ds = dcmread(path, force=True, defer_size=metadata.BULK_BYTES + 1)
-    referenced: dict[str, str] = {}
-    for tag in list(ds.keys()):
-        raw = ds.get_item(tag, keep_deferred=True)
-        vr = str(raw.VR or vr_of(int(tag)))
-        value = raw.value
-        if int(tag) in metadata.PIXEL_TAGS or (
-            vr in _BINARY and (value is None or len(value) > metadata.BULK_BYTES)
-        ):
-            referenced[f"{int(tag):08X}"] = vr
-            del ds[tag]
-    obj = dataset_json(ds, bulk)
-    for key, vr in referenced.items():
-        obj[key] = {"vr": vr, "BulkDataURI": bulk(key)}
-    return obj
 
 
 def _metadata(ctx: WebContext, refs: Sequence[InstanceRef], base: str) -> bytes:
