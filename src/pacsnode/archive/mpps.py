@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,9 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from pacsnode.archive.index import ArchiveIndex
 from pacsnode.archive.schema import performed_steps
-from pacsnode.archive.worklist import Worklist
-from pacsnode.data.transcode import decode, encode
-from pacsnode.data.uids import EXPLICIT_VR_LITTLE_ENDIAN
+from pacsnode.archive.worklist import Worklist, stored_bytes, stored_dataset
 
 IN_PROGRESS, COMPLETED, DISCONTINUED = "IN PROGRESS", "COMPLETED", "DISCONTINUED"
 _FINAL = (COMPLETED, DISCONTINUED)
@@ -83,7 +80,7 @@ class PerformedSteps:
             names = ", ".join(_CREATE_REQUIRED.get(t, "Scheduled Step Attributes Sequence") for t in missing)
             raise MppsError(0x0120, f"missing: {names}"[:1024], missing)
         now = datetime.now(UTC)
-        row = {"sop_instance_uid": uid, "status": IN_PROGRESS, "dataset": self._encode(ds), "created_at": now}
+        row = {"sop_instance_uid": uid, "status": IN_PROGRESS, "dataset": stored_bytes(ds), "created_at": now}
         try:
             with self.index.engine.begin() as conn:
                 conn.execute(performed_steps.insert().values(updated_at=now, **row))
@@ -109,7 +106,7 @@ class PerformedSteps:
             if fixed:
                 names = ", ".join(_NOT_SETTABLE[t] for t in fixed)
                 raise MppsError(0x0106, f"may not be changed by N-SET: {names}"[:1024], fixed)
-            step = self._decode(bytes(row.dataset))
+            step = stored_dataset(bytes(row.dataset))
             for elem in changes:
                 step[elem.tag] = elem
             status = str(step.get("PerformedProcedureStepStatus", "") or "")
@@ -126,7 +123,7 @@ class PerformedSteps:
             conn.execute(
                 performed_steps.update()
                 .where(performed_steps.c.sop_instance_uid == uid)
-                .values(status=status, dataset=self._encode(step), updated_at=datetime.now(UTC))
+                .values(status=status, dataset=stored_bytes(step), updated_at=datetime.now(UTC))
             )
         if status in _FINAL:
             self._follow(step, status)
@@ -157,7 +154,7 @@ class PerformedSteps:
             data = conn.execute(
                 select(performed_steps.c.dataset).where(performed_steps.c.sop_instance_uid == uid)
             ).scalar()
-        return None if data is None else self._decode(bytes(data))
+        return None if data is None else stored_dataset(bytes(data))
 
     def _follow(self, step: Dataset, status: str) -> None:
         # The scheduled steps this one performs (PS3.4 F.7.2.1.1 Scheduled Step Attributes
@@ -167,17 +164,3 @@ class PerformedSteps:
             step_id = str(item.get("ScheduledProcedureStepID", "") or "")
             if accession or step_id:
                 self.worklist.follow(accession, step_id, status)
-
-    @staticmethod
-    def _encode(ds: Dataset) -> bytes:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            clean = Dataset(ds)
-            clean.file_meta = None  # type: ignore[assignment]
-            return encode(clean, EXPLICIT_VR_LITTLE_ENDIAN)
-
-    @staticmethod
-    def _decode(data: bytes) -> Dataset:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return decode(data, EXPLICIT_VR_LITTLE_ENDIAN)

@@ -37,6 +37,22 @@ SPS_SEQUENCE = 0x00400100  # Scheduled Procedure Step Sequence
 _SKIP = frozenset((0x00080005, 0x00080052))  # Specific Character Set, Query/Retrieve Level
 
 
+def stored_bytes(ds: Dataset) -> bytes:
+    """A data set as the index keeps it (worklist items, MPPS): Explicit VR LE, no meta."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bare = Dataset(ds)
+        bare.file_meta = None  # type: ignore[assignment]
+        return encode(bare, EXPLICIT_VR_LITTLE_ENDIAN)
+
+
+def stored_dataset(data: bytes) -> Dataset:
+    """A data set the index keeps, read back (``stored_bytes``'s inverse)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return decode(data, EXPLICIT_VR_LITTLE_ENDIAN)
+
+
 class WorklistError(ValueError):
     """A worklist item that cannot be scheduled (the message says why)."""
 
@@ -98,14 +114,10 @@ class Worklist:
         if not steps or len(steps) != 1:
             raise WorklistError("a worklist item has one Scheduled Procedure Step Sequence item")
         step = steps[0]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = Dataset(ds)  # without File Meta Information
-            ds.file_meta = None  # type: ignore[assignment]
-            try:
-                data = encode(ds, EXPLICIT_VR_LITTLE_ENDIAN)
-            except Exception as exc:
-                raise WorklistError(f"cannot encode the item: {exc}") from None
+        try:
+            data = stored_bytes(ds)
+        except Exception as exc:
+            raise WorklistError(f"cannot encode the item: {exc}") from None
         now = datetime.now(UTC)
         row = {
             "status": SCHEDULED,
@@ -127,7 +139,7 @@ class Worklist:
             new_id = int(key[0])
         with self._lock:
             if self._items is not None:
-                self._items[new_id] = self._decode(data)
+                self._items[new_id] = stored_dataset(data)
         return new_id
 
     def cancel(self, item_id: int) -> bool:
@@ -187,12 +199,6 @@ class Worklist:
             for r in rows
         ]
 
-    @staticmethod
-    def _decode(data: bytes) -> Dataset:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return decode(data, EXPLICIT_VR_LITTLE_ENDIAN)
-
     def _scheduled_by_id(self) -> dict[int, Dataset]:
         with self._lock:
             if self._items is None:
@@ -202,7 +208,7 @@ class Worklist:
                             worklist_items.c.status.in_(ACTIVE)
                         )
                     ).all()
-                self._items = {int(r.id): self._decode(bytes(r.dataset)) for r in rows}
+                self._items = {int(r.id): stored_dataset(bytes(r.dataset)) for r in rows}
             return dict(self._items)
 
     # ------------------------------------------------------------ C-FIND (PS3.4 K.4.1.3)
