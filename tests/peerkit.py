@@ -508,6 +508,7 @@ def storage_settings(
     query: dict[str, Any] | None = None,
     web: dict[str, Any] | None = None,
     mpps: dict[str, Any] | None = None,
+    commitment: dict[str, Any] | None = None,
     **storage: Any,
 ) -> Settings:
     """Node settings for tests: port 0, this data folder and index, short shutdown.
@@ -530,6 +531,8 @@ def storage_settings(
         overrides["web"] = dict(web)
     if mpps:
         overrides["mpps"] = dict(mpps)
+    if commitment:
+        overrides["commitment"] = dict(commitment)
     return load_settings(None, overrides, environ={})
 
 
@@ -1399,3 +1402,24 @@ class ServeOutput:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.communicate(timeout=WAIT)
+
+
+def gate_commitment_reports(node: ThreadedNode) -> tuple[threading.Event, threading.Event]:
+    """Hold a node's Storage Commitment checks (so its reports) until the second event is set.
+
+    The first event is set when a check starts (the N-ACTION was accepted). A test uses
+    this to end the requesting association before the report is ready, so that the
+    report must take a new association (otherwise the two race, and either is right).
+    """
+    scp = node.node.server.handlers["1.2.840.10008.1.20.1"]
+    started, gate = threading.Event(), threading.Event()
+    check = scp.verifier
+
+    def gated(references: Any) -> Any:
+        started.set()
+        if not gate.wait(WAIT * 3):
+            raise AssertionError("the test never let the storage commitment check go on")
+        return check(references)
+
+    scp.verifier = gated
+    return started, gate

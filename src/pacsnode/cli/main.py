@@ -788,6 +788,98 @@ def mpps_set(
     _mpps("set", host, port, uid, attributes, aet, aec, timeout)
 
 
+@app.command(
+    help="Ask a Storage Commitment SCP to take responsibility for the instances of these files "
+    "(PS3.4 Annex J, Push Model): sends N-ACTION and waits for the N-EVENT-REPORT.\n\n"
+    "The report is awaited on the same association, and also on --listen-port when given (the SCP "
+    "opens a new association to it, as its configuration for our AE title says). --release closes "
+    "the association as soon as the request is accepted, so the report must come on a new one.\n\n"
+    "Prints what was committed and what failed (with the Failure Reason); exits 0 when every "
+    "instance is committed, 1 otherwise."
+)
+def commit(
+    host: Annotated[str, typer.Argument(help="The Storage Commitment SCP's address.")],
+    port: Annotated[int, typer.Argument(help="Its TCP port.", min=1, max=65535)],
+    paths: PathsArg,
+    aet: Annotated[str, typer.Option("--aet", "-aet", help="Our (calling) AE title.")] = "PACSNODE",
+    aec: Annotated[str, typer.Option("--aec", "-aec", help="The peer's (called) AE title.")] = "ANY-SCP",
+    recursive: RecursiveOpt = True,
+    listen_port: Annotated[
+        int | None,
+        typer.Option(
+            "--listen-port",
+            min=0,
+            max=65535,
+            help="Also accept the report on a new association to this port.",
+        ),
+    ] = None,
+    listen_host: Annotated[str, typer.Option(help="Address for --listen-port.")] = "0.0.0.0",
+    release: Annotated[
+        bool, typer.Option("--release", help="Release once N-ACTION is accepted (needs --listen-port).")
+    ] = False,
+    timeout: Annotated[
+        float,
+        typer.Option("--timeout", "-to", min=0.001, help="Seconds to connect, associate, get N-ACTION-RSP."),
+    ] = 30.0,
+    wait: Annotated[float, typer.Option("--wait", min=0.001, help="Seconds to wait for the report.")] = 60.0,
+    transaction_uid: Annotated[
+        str | None, typer.Option("--transaction-uid", help="Transaction UID (default: a new one).")
+    ] = None,
+    verbose: FilesVerboseOpt = 0,
+) -> None:
+    from pacsnode.archive.commitment import Reference
+    from pacsnode.cli.commit import CommitFailed, CommitOptions, request_commitment
+    from pacsnode.cli.store import collect
+
+    _setup_logging(max(verbose - 1, 0))
+    if release and listen_port is None:
+        raise _fail("--release needs --listen-port: the report must come on a new association")
+    files, _others = collect(paths, recursive, err, verb="Not requested")
+    references = list(dict.fromkeys(Reference(f.sop_class_uid, f.sop_instance_uid) for f in files))
+    if not references:
+        raise _fail("no DICOM instance found in the paths given")
+    options = CommitOptions(
+        host,
+        port,
+        calling=aet,
+        called=aec,
+        timeout=timeout,
+        wait=wait,
+        listen_host=listen_host,
+        listen_port=listen_port,
+        release_at_once=release,
+    )
+    try:
+        outcome = run_loop(request_commitment(references, options, transaction_uid))
+    except CommitFailed as exc:
+        raise _fail(str(exc)) from None
+    except KeyboardInterrupt:
+        err.print("interrupted", highlight=False)
+        raise typer.Exit(130) from None
+    report = outcome.report
+    print(
+        f"transaction {outcome.transaction_uid}: {len(report.committed)} committed, "
+        f"{len(report.failed)} failed (report on the {report.received_on or 'association'})"
+    )
+    if verbose:
+        for ref in report.committed:
+            print(f"committed  {ref.sop_instance_uid}")
+    for ref, reason in report.failed:
+        print(f"failed     {ref.sop_instance_uid}: {describe_failure(reason)}")
+    asked = set(references)
+    answered = set(report.committed) | {ref for ref, _ in report.failed}
+    for ref in sorted(asked - answered, key=lambda r: r.sop_instance_uid):
+        print(f"no answer  {ref.sop_instance_uid}")
+    raise typer.Exit(0 if not report.failed and asked <= set(report.committed) else 1)
+
+
+def describe_failure(reason: int) -> str:
+    """A Failure Reason of a Failed SOP Sequence (PS3.4 J.3.2.1.2), in words."""
+    from pacsnode.dimse.status import describe
+
+    return describe(reason)
+
+
 viewer_app = typer.Typer(
     help="The OHIF web viewer, served by `pacsnode serve` at / beside its DICOMweb.",
     no_args_is_help=True,

@@ -123,6 +123,20 @@ class MppsSettings(BaseModel):
         return [_check_ae_title(v) for v in value]
 
 
+class CommitmentSettings(BaseModel):
+    """The ``[commitment]`` table: how Storage Commitment reports reach the requester (PS3.4 J.3.3)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Report on the requesting association while it is open (else always on a new one).
+    same_association: bool = True
+    # Seconds to connect, negotiate and get each answer when sending a report.
+    timeout: float = Field(default=30.0, gt=0)
+    # A report on a new association is tried this many times, the wait doubling from retry_interval.
+    attempts: int = Field(default=3, ge=1)
+    retry_interval: float = Field(default=5.0, ge=0)
+
+
 class WebSettings(BaseModel):
     """The ``[web]`` table: the HTTP server of DICOMweb (PS3.18) and the admin API."""
 
@@ -163,6 +177,7 @@ class Settings(BaseModel):
     query: QuerySettings = Field(default_factory=QuerySettings)
     web: WebSettings = Field(default_factory=WebSettings)
     mpps: MppsSettings = Field(default_factory=MppsSettings)
+    commitment: CommitmentSettings = Field(default_factory=CommitmentSettings)
     # Remote AEs keyed by AE title: ``[peers.STORESCP]`` with host and port.
     peers: dict[str, PeerSettings] = Field(default_factory=dict)
 

@@ -111,6 +111,7 @@ _DESCRIPTIONS: dict[int, str] = {
     0x0211: "unrecognized operation",
     0x0212: "mistyped argument",
     0x0213: "resource limitation",
+    0x0131: "duplicate transaction UID",  # PS3.4 J.3.2.1.1 (Storage Commitment)
     0xA701: "refused: out of resources, unable to calculate number of matches",
     0xA702: "refused: out of resources, unable to perform sub-operations",
     0xA801: "refused: move destination unknown",

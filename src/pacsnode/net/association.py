@@ -96,6 +96,10 @@ class _Responder:
     def next_message_id(self) -> int:
         return self._protocol.next_message_id()
 
+    @property
+    def is_open(self) -> bool:
+        return self._protocol.ul.state is State.Sta6
+
 
 class AssociationProtocol(asyncio.Protocol):
     """Glue between an asyncio transport and the sans-IO Upper Layer and DIMSE cores."""

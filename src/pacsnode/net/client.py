@@ -28,7 +28,9 @@ from pacsnode.dimse.messages import (
     c_get_rq,
     c_move_rq,
     c_store_rq,
+    n_action_rq,
     n_create_rq,
+    n_event_report_rq,
     n_set_rq,
 )
 from pacsnode.dimse.status import StatusCategory, category
@@ -373,15 +375,44 @@ class Association:
         """N-SET (PS3.7 10.1.3): the final response and its attribute list, if any."""
         return await self._n_request(sop_class_uid, modifications, n_set_rq, sop_instance_uid)
 
+    async def n_action(
+        self, sop_class_uid: str, sop_instance_uid: str, action_type_id: int, information: Dataset | None
+    ) -> tuple[Command, Dataset | None]:
+        """N-ACTION (PS3.7 10.1.4): the final response and its Action Reply, if any."""
+        context_id = self._query_context(sop_class_uid)
+        command = n_action_rq(
+            self.next_message_id(), sop_class_uid, sop_instance_uid, action_type_id, information is not None
+        )
+        return await self._n_exchange(context_id, command, information)
+
+    async def n_event_report(
+        self, sop_class_uid: str, sop_instance_uid: str, event_type_id: int, information: Dataset | None
+    ) -> tuple[Command, Dataset | None]:
+        """N-EVENT-REPORT (PS3.7 10.1.1), sent by us in the SCP role: the response and its data set."""
+        context_id = self._query_context(sop_class_uid)
+        command = n_event_report_rq(
+            self.next_message_id(), sop_class_uid, sop_instance_uid, event_type_id, information is not None
+        )
+        return await self._n_exchange(context_id, command, information)
+
     async def _n_request(
         self, sop_class_uid: str, dataset: Dataset, make: Any, sop_instance_uid: str | None
     ) -> tuple[Command, Dataset | None]:
         context_id = self._query_context(sop_class_uid)
-        data = encode(dataset, self.negotiated.contexts[context_id].transfer_syntax)
+        return await self._n_exchange(
+            context_id, make(self.next_message_id(), sop_class_uid, sop_instance_uid), dataset
+        )
+
+    async def _n_exchange(
+        self, context_id: int, command: Command, dataset: Dataset | None
+    ) -> tuple[Command, Dataset | None]:
+        data = (
+            encode(dataset, self.negotiated.contexts[context_id].transfer_syntax)
+            if dataset is not None
+            else None
+        )
         final: tuple[Command, Dataset | None] | None = None
-        async for rsp, body in self.request(
-            context_id, make(self.next_message_id(), sop_class_uid, sop_instance_uid), data
-        ):
+        async for rsp, body in self.request(context_id, command, data):
             final = (rsp, self._decode(context_id, body))
         assert final is not None
         return final

@@ -13,6 +13,7 @@ from pacsnode.config.settings import Settings
 from pacsnode.net.client import open_association
 from pacsnode.net.server import DicomServer
 from pacsnode.services.catalog import default_registry
+from pacsnode.services.commitment import StorageCommitmentSCP
 
 log = logging.getLogger("pacsnode")
 
@@ -34,7 +35,11 @@ class Node:
         self.server = DicomServer(
             ae_title=settings.node.aet,
             registry=default_registry(
-                settings, self.archive, connector=open_association, mpps_connector=open_association
+                settings,
+                self.archive,
+                connector=open_association,
+                mpps_connector=open_association,
+                commitment_connector=open_association,
             ),
             network=settings.network,
             implementation_class_uid=IMPLEMENTATION_CLASS_UID,
@@ -72,6 +77,9 @@ class Node:
         for companion in reversed(self.companions):
             await companion.close()
         await self.server.close()
+        for handler in set(self.server.handlers.values()):
+            if isinstance(handler, StorageCommitmentSCP):
+                await handler.close()  # reports still being prepared
         await self.archive.close()
 
     async def run_forever(self) -> None:

@@ -34,6 +34,10 @@ class Responder(Protocol):
     def next_message_id(self) -> int:
         """A Message ID for a sub-operation request, unique on this association."""
 
+    @property
+    def is_open(self) -> bool:
+        """True while the association can still carry messages (not released or aborted)."""
+
 
 class DataSetSink(Protocol):
     """Where the fragments of an incoming data set go while they arrive (bounded memory)."""
@@ -154,6 +158,9 @@ class ServiceRegistration:
     extended_negotiation: str = ""
     # PS3.7 D.3.3.5: answers a SOP Class Extended Negotiation sub-item (None: no answer).
     negotiate_extended: Callable[[str, bytes], bytes | None] | None = None
+    # PS3.2 A.4.2.1: how the service initiates associations, when the generic sentence
+    # (one context per SOP class, no role selection) is not the whole truth.
+    scu_notes: str = ""
     # PS3.2 A.4.2: the status codes the SCP returns, each with when it returns it.
     status_codes: tuple[tuple[int, str], ...] = ()
 

@@ -557,9 +557,12 @@ def _initiation_policy(doc: _Document, scu_regs: Sequence[ServiceRegistration], 
         doc.section(6, "Description and Sequencing of Activities")
         doc.add(
             f"{aet} proposes one presentation context for each SOP class of {_md(reg.name)} "
-            f"({_md(reg.standard)}), offering the transfer syntaxes below in the order listed. It "
-            "proposes no SCP/SCU Role Selection and no extended negotiation, then performs the "
-            "requested operations and releases the association."
+            f"({_md(reg.standard)}), offering the transfer syntaxes below in the order listed. "
+            + (
+                reg.scu_notes
+                or "It proposes no SCP/SCU Role Selection and no extended negotiation, then performs "
+                "the requested operations and releases the association."
+            )
         )
         doc.section(6, "Proposed Presentation Contexts")
         doc.add(_contexts(reg, "SCU", extended=False))
