@@ -4,6 +4,7 @@ class or altered on disk, and the N-ACTIONs the SCP refuses."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import Any
 
@@ -230,3 +231,79 @@ def test_unknown_instances_only(make_storage_node):
         assoc.release()
     assert event == 2 and "ReferencedSOPSequence" not in info
     assert _failures(info) == {uid: 0x0112 for _, uid in unknown}
+
+
+# ---------------------------------------------------------------- what pynetdicom will not send
+
+
+async def _raw_actions(port: int, messages: list[tuple[Any, bytes | None]]) -> list[int]:
+    """Send N-ACTION requests with pacsnode's client, data sets as raw bytes; their statuses."""
+    from pacsnode.net.client import associate
+    from pacsnode.ul.negotiation import ProposedContext
+
+    context = ProposedContext(COMMITMENT, ("1.2.840.10008.1.2.1",))
+    statuses = []
+    async with associate(HOST, port, called_ae_title="PACSNODE", contexts=[context], dimse_timeout=WAIT) as a:
+        ctx = a.negotiated.context_for(COMMITMENT)
+        assert ctx is not None
+        for command, data in messages:
+            async for rsp, _ in a.request(ctx.context_id, command, data):
+                statuses.append(int(rsp.status))
+    return statuses
+
+
+def test_unreadable_or_missing_action_information(make_storage_node):
+    from pacsnode.dimse.messages import n_action_rq
+
+    node = make_storage_node()
+    garbage = n_action_rq(1, COMMITMENT, WELL_KNOWN, 1, has_dataset=True)
+    # Transaction UID with a VR that does not exist: the data set cannot be read.
+    truncated = b"\x08\x00\x95\x11ZZ\x04\x001.2."
+    none = n_action_rq(2, COMMITMENT, WELL_KNOWN, 1, has_dataset=False)
+    statuses = asyncio.run(_raw_actions(node.port, [(garbage, truncated), (none, None)]))
+    assert statuses == [0x0110, 0x0120]
+
+
+def test_duplicate_transaction_while_pending(make_storage_node):
+    node = make_storage_node()
+    instances = _stored(node, 1)
+    started, gate = gate_commitment_reports(node)
+    reports = Reports()
+    assoc = _associate(node, reports)
+    try:
+        request = _request(instances)
+        assert _action_status(assoc, request) == 0x0000
+        assert started.wait(WAIT)
+        assert _action_status(assoc, request) == 0x0131  # the same transaction, still being checked
+        gate.set()
+        event, _, _ = reports.wait()
+    finally:
+        gate.set()
+        assoc.release()
+    assert event == 1 and len(reports.items) == 1
+
+
+def test_receiver_answers_bad_reports():
+    """The SCU side (`pacsnode commit`): an unknown event type or an unreadable report is refused."""
+    from pacsnode.dimse.messages import n_event_report_rq
+    from pacsnode.services.base import DimseRequest
+    from pacsnode.services.commitment import CommitmentReportReceiver
+    from pacsnode.ul.negotiation import Negotiated, NegotiatedContext
+
+    sent: list[Any] = []
+
+    class Responder:
+        def send(self, command: Any, dataset: bytes | None = None) -> None:
+            sent.append(command)
+
+    context = NegotiatedContext(1, COMMITMENT, "1.2.840.10008.1.2.1")
+    negotiated = Negotiated("SCU", "SCP", {1: context}, 16384, 16384)
+    receiver = CommitmentReportReceiver()
+    bad_type = n_event_report_rq(1, COMMITMENT, WELL_KNOWN, 7)
+    receiver.handle(DimseRequest(bad_type, context, negotiated, b""), Responder())  # type: ignore[arg-type]
+    unreadable = n_event_report_rq(2, COMMITMENT, WELL_KNOWN, 1)
+    receiver.handle(
+        DimseRequest(unreadable, context, negotiated, b"\x08\x00\x95\x11ZZ\x04\x001.2."),
+        Responder(),  # type: ignore[arg-type]
+    )
+    assert [int(c.status) for c in sent] == [0x0113, 0x0110]
