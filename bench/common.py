@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -18,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 ROOT = Path(__file__).resolve().parents[1]
 # The project's venv (pacsnode and pynetdicom installed), else the running interpreter's.
@@ -437,3 +438,21 @@ def run_main(main: Callable[[], int]) -> NoReturn:
         print("interrupted", file=sys.stderr)
         code = 130
     sys.exit(code)
+
+
+def report_streams(json_dest: str | None, quiet: bool) -> tuple[TextIO, Callable[[str], None]]:
+    """Where the report goes (stderr when the JSON takes stdout) and the progress printer (stderr)."""
+    out: TextIO = sys.stderr if json_dest == "-" else sys.stdout
+
+    def say(msg: str) -> None:
+        if not quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    return out, say
+
+
+def remove_cache(cache: Path, out: TextIO) -> int:
+    """--clean: delete a benchmark's data cache; the exit code."""
+    shutil.rmtree(cache, ignore_errors=True)
+    print(f"removed {cache}", file=out)
+    return 0

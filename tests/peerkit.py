@@ -508,6 +508,7 @@ def storage_settings(
     query: dict[str, Any] | None = None,
     web: dict[str, Any] | None = None,
     mpps: dict[str, Any] | None = None,
+    ian: dict[str, Any] | None = None,
     commitment: dict[str, Any] | None = None,
     **storage: Any,
 ) -> Settings:
@@ -531,6 +532,8 @@ def storage_settings(
         overrides["web"] = dict(web)
     if mpps:
         overrides["mpps"] = dict(mpps)
+    if ian:
+        overrides["ian"] = dict(ian)
     if commitment:
         overrides["commitment"] = dict(commitment)
     return load_settings(None, overrides, environ={})

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make the `bench` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -33,6 +33,7 @@ from bench.common import (
     client_env,
     columns,
     cpu_seconds,
+    report_streams,
     run_main,
     terminate_as_exit,
     write_json,
@@ -603,11 +604,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    out: TextIO = sys.stderr if args.json == "-" else sys.stdout
-
-    def say(msg: str) -> None:
-        if not args.quiet:
-            print(msg, file=sys.stderr, flush=True)
+    out, say = report_streams(args.json, args.quiet)
 
     if "orthanc" in args.server_names:
         missing = [p for p in (ORTHANC, DICOMWEB_PLUGIN) if not Path(p).exists()]

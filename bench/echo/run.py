@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make the `bench` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -23,6 +23,7 @@ from bench.common import (
     RawAssociation,
     Server,
     Stat,
+    report_streams,
     run_main,
     write_json,
 )
@@ -254,11 +255,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    out: TextIO = sys.stderr if args.json == "-" else sys.stdout
-
-    def say(msg: str) -> None:
-        if not args.quiet:
-            print(msg, file=sys.stderr, flush=True)
+    out, say = report_streams(args.json, args.quiet)
 
     needed = {"storescp": "storescp", "orthanc": "/usr/sbin/Orthanc"}
     missing = ["echoscu"] if shutil.which("echoscu") is None else []

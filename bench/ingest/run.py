@@ -17,7 +17,6 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
 
 if __package__ in (None, ""):  # run as a script: make the `bench` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -29,6 +28,7 @@ from bench.common import (
     Stat,
     client_env,
     columns,
+    report_streams,
     run_main,
     terminate_as_exit,
     write_json,
@@ -486,11 +486,7 @@ def _warm_cache(datasets: Sequence[DataSet]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    out: TextIO = sys.stderr if args.json == "-" else sys.stdout
-
-    def say(msg: str) -> None:
-        if not args.quiet:
-            print(msg, file=sys.stderr, flush=True)
+    out, say = report_streams(args.json, args.quiet)
 
     needed = {"storescp": "storescp", "orthanc": "/usr/sbin/Orthanc"}
     missing = ["storescu"] if shutil.which("storescu") is None else []

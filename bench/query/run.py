@@ -13,14 +13,22 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make the `bench` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pydicom.dataset import Dataset
 
-from bench.common import Server, client_env, columns, run_main, terminate_as_exit, write_json
+from bench.common import (
+    Server,
+    client_env,
+    columns,
+    report_streams,
+    run_main,
+    terminate_as_exit,
+    write_json,
+)
 from bench.query.client import (
     PynetdicomClient,
     Query,
@@ -442,11 +450,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    out: TextIO = sys.stderr if args.json == "-" else sys.stdout
-
-    def say(msg: str) -> None:
-        if not args.quiet:
-            print(msg, file=sys.stderr, flush=True)
+    out, say = report_streams(args.json, args.quiet)
 
     if args.clean:
         shutil.rmtree(args.cache, ignore_errors=True)

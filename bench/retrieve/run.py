@@ -15,7 +15,7 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make the `bench` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -30,6 +30,7 @@ from bench.common import (
     client_env,
     columns,
     cpu_seconds,
+    report_streams,
     run_main,
     terminate_as_exit,
     write_json,
@@ -411,11 +412,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    out: TextIO = sys.stderr if args.json == "-" else sys.stdout
-
-    def say(msg: str) -> None:
-        if not args.quiet:
-            print(msg, file=sys.stderr, flush=True)
+    out, say = report_streams(args.json, args.quiet)
 
     missing = [t for t in ("storescu", "storescp", "getscu", "movescu") if shutil.which(t) is None]
     if "orthanc" in args.server_names and not Path("/usr/sbin/Orthanc").exists():

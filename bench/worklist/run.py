@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make the `bench` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -29,6 +29,8 @@ from bench.common import (
     client_env,
     columns,
     free_port,
+    remove_cache,
+    report_streams,
     run_main,
     terminate_as_exit,
     write_json,
@@ -390,16 +392,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    out: TextIO = sys.stderr if args.json == "-" else sys.stdout
-
-    def say(msg: str) -> None:
-        if not args.quiet:
-            print(msg, file=sys.stderr, flush=True)
+    out, say = report_streams(args.json, args.quiet)
 
     if args.clean:
-        shutil.rmtree(args.cache, ignore_errors=True)
-        print(f"removed {args.cache}", file=out)
-        return 0
+        return remove_cache(args.cache, out)
     if "wlmscpfs" in args.server_names and shutil.which("wlmscpfs") is None:
         print("error: not installed: wlmscpfs (DCMTK)", file=sys.stderr)
         return 2

@@ -116,18 +116,21 @@ def test_failures_missing_conflicting_and_altered(make_storage_node):
     content[-1] ^= 0xFF  # one bit of pixel data changed behind the archive's back
     path.write_bytes(bytes(content))
     missing = (good[0], generate_uid())
+    more_missing = [(good[0], generate_uid()) for _ in range(6)]  # 10 in all: checked in parallel
     reports = Reports()
     assoc = _associate(node, reports)
     try:
-        request = _request([good, altered, (MR_IMAGE, conflicting[1]), missing])
+        request = _request([good, altered, (MR_IMAGE, conflicting[1]), missing, *more_missing])
         assert _action_status(assoc, request) == 0x0000
         event, info, _ = reports.wait()
     finally:
         assoc.release()
     assert event == 2  # complete, failures exist
     assert _pairs(info.ReferencedSOPSequence) == {good}
-    assert _failures(info) == {altered[1]: 0x0110, conflicting[1]: 0x0119, missing[1]: 0x0112}
-    assert _pairs(info.FailedSOPSequence) == {altered, (MR_IMAGE, conflicting[1]), missing}
+    expected = {altered[1]: 0x0110, conflicting[1]: 0x0119, missing[1]: 0x0112}
+    expected.update({uid: 0x0112 for _, uid in more_missing})
+    assert _failures(info) == expected
+    assert _pairs(info.FailedSOPSequence) == {altered, (MR_IMAGE, conflicting[1]), missing, *more_missing}
 
 
 def test_file_removed_from_disk_is_a_processing_failure(make_storage_node):

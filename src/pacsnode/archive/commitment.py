@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -23,6 +25,8 @@ CLASS_INSTANCE_CONFLICT = 0x0119
 
 _CHUNK = 1 << 20
 _IN_BATCH = 500  # UIDs per IN (...) query
+_PARALLEL_FROM = 8  # references from which files are checked by several threads
+_HASHERS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,20 +92,22 @@ def verify(index: ArchiveIndex, store: FileStore, references: Sequence[Reference
     another SOP class, 0110 when its file is gone or no longer what was received.
     """
     rows = _rows(index, list(dict.fromkeys(ref.sop_instance_uid for ref in references)))
-    verdicts: list[Verdict] = []
-    for ref in references:
+
+    def judge(ref: Reference) -> Verdict:
         row = rows.get(ref.sop_instance_uid)
         if row is None:
-            verdicts.append(Verdict(ref, NO_SUCH_OBJECT_INSTANCE, "not in the archive"))
-            continue
+            return Verdict(ref, NO_SUCH_OBJECT_INSTANCE, "not in the archive")
         sop_class, path, digest = row
         if sop_class != ref.sop_class_uid:
-            verdicts.append(Verdict(ref, CLASS_INSTANCE_CONFLICT, f"stored as SOP class {sop_class}"))
-            continue
+            return Verdict(ref, CLASS_INSTANCE_CONFLICT, f"stored as SOP class {sop_class}")
         problem = _intact(store, path, digest)
         if problem:
             log.error("storage commitment: %s (SOP instance %s)", problem, ref.sop_instance_uid)
-            verdicts.append(Verdict(ref, PROCESSING_FAILURE, problem))
-            continue
-        verdicts.append(Verdict(ref))
-    return verdicts
+            return Verdict(ref, PROCESSING_FAILURE, problem)
+        return Verdict(ref)
+
+    if len(references) < _PARALLEL_FROM:
+        return [judge(ref) for ref in references]
+    # hashlib releases the GIL on large buffers: files are read and hashed on every core.
+    with ThreadPoolExecutor(max_workers=min(_HASHERS, os.cpu_count() or 1)) as pool:
+        return list(pool.map(judge, references))

@@ -170,7 +170,7 @@ class ArchiveIndex:
         self.engine = make_engine(url)
         self._reader: Engine | None = None
         self._hot = HotPath(self.engine.dialect.name)
-        self._forget()
+        self.forget_ids()
 
     def migrate(self, revision: str = "head") -> None:
         """Bring the schema to the newest (or the given) Alembic revision."""
@@ -234,7 +234,7 @@ class ArchiveIndex:
                     before_commit()
                 return outcomes
         except BaseException:
-            self._forget()  # ids cached in a rolled-back transaction are not real
+            self.forget_ids()  # ids cached in a rolled-back transaction are not real
             raise
 
     def _store(self, conn: Connection, records: Sequence[InstanceRecord], policy: str) -> list[StoreOutcome]:
@@ -367,7 +367,8 @@ class ArchiveIndex:
 
     # ------------------------------------------------------------ the hierarchy, cached
 
-    def _forget(self) -> None:
+    def forget_ids(self) -> None:
+        """Drop the cached patient, study and series ids (they refill from the database)."""
         self._patients: dict[tuple[str, str], int] = {}
         self._studies: dict[str, int] = {}
         self._series_ids: dict[str, int] = {}
@@ -458,7 +459,7 @@ class ArchiveIndex:
             )
             study_of = study_fk
         if len(self._series_ids) > 100_000:
-            self._forget()  # bound the caches; they refill from the database
+            self.forget_ids()  # bound the caches; they refill from the database
         self._series_ids[uid] = pk
         self._series_study[pk] = study_of
         return pk
@@ -607,7 +608,7 @@ class ArchiveIndex:
                 self._drop_empty_patients(conn, {r.patient_fk for r in rows})
                 return [r.path for r in rows]
         finally:
-            self._forget()
+            self.forget_ids()
 
     def _delete_empty(self, conn: Connection, level: str, key: str) -> list[str] | None:
         """An entity without instances (left by an interrupted delete): remove its row."""

@@ -6,13 +6,13 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from io import BytesIO
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -27,6 +27,7 @@ from pacsnode.data.header import RawHeader, truncation
 from pacsnode.data.part10 import file_meta, read_layout
 from pacsnode.dimse.status import Status
 
+T = TypeVar("T")
 log = logging.getLogger("pacsnode.archive")
 
 # Values longer than this are not read by the header check (pydicom reads them only on access;
@@ -204,6 +205,8 @@ class Archive:
         self._task: asyncio.Task[None] | None = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pacsnode-commit")
         self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pacsnode-sync")
+        # Called on the event loop after each group commit with the instances it stored or replaced.
+        self.on_committed: list[Callable[[Sequence[InstanceRecord]], None]] = []
 
     # ------------------------------------------------------------ life cycle
 
@@ -325,6 +328,21 @@ class Archive:
                 if item.future is not None and not item.future.done():
                     item.future.set_result(item.result or StoreResult(Status.PROCESSING_FAILURE))
                 queue.task_done()
+            self._announce(batch)
+
+    def _announce(self, batch: Sequence[_Pending]) -> None:
+        added = [
+            item.record
+            for item in batch
+            if item.record is not None
+            and item.result is not None
+            and item.result.outcome in (Outcome.STORED, Outcome.REPLACED)
+        ]
+        for callback in self.on_committed if added else ():
+            try:
+                callback(added)
+            except Exception:  # a listener's fault must not stop the committer
+                log.exception("on_committed listener failed")
 
     # ------------------------------------------------------------ the commit (worker thread)
 
@@ -435,6 +453,13 @@ class Archive:
         return None
 
     # ------------------------------------------------------------ deletion
+
+    def exclusive(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the committer's thread, between group commits (blocking; not on the loop).
+
+        For changes that rewrite what the committer caches (patient merges, say).
+        """
+        return self._worker.submit(fn).result()
 
     async def delete(self, level: str, key: str) -> int | None:
         """Delete a patient (Patient ID), study, series or instance (UID): rows and files together.

@@ -202,3 +202,31 @@ performed_steps = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
+
+# A study is stable once no instance arrived for [ian] stable_after seconds: when it last
+# became so, and with how many instances (a study with newer instances is waited for again).
+study_stability = Table(
+    "study_stability",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("study_instance_uid", String(64), nullable=False, unique=True),
+    Column("stable_at", DateTime(timezone=True), nullable=False),
+    Column("instances", Integer, nullable=False),
+)
+
+# PS3.4 Annex R: the Instance Availability Notifications of stable studies, one per subscriber,
+# written with the study-stable change and kept until delivered (PENDING, SENT or FAILED).
+ian_notifications = Table(
+    "ian_notifications",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("study_instance_uid", String(64), nullable=False),
+    Column("subscriber", String(16), nullable=False),  # AE title of a [peers.X]
+    Column("sop_instance_uid", String(64), nullable=False),  # of the N-CREATE (SCU-assigned)
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("detail", Text, nullable=False, default=""),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_ian_notifications_status", ian_notifications.c.status)

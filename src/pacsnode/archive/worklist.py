@@ -97,6 +97,22 @@ def _escape(value: str) -> str:
     return value.replace("!", "!!").replace("%", "!%").replace("_", "!_")
 
 
+def item_keys(ds: Dataset) -> dict[str, str]:
+    """The keys a worklist item's row holds beside its data set (what a list shows, what SQL narrows on)."""
+    steps = ds.get("ScheduledProcedureStepSequence")
+    step = steps[0] if steps else Dataset()
+    return {
+        "accession_number": _text(ds, "AccessionNumber")[:64],
+        "patient_id": _text(ds, "PatientID")[:64],
+        "patient_name": _text(ds, "PatientName")[:324],
+        "sps_id": _text(step, "ScheduledProcedureStepID")[:64],
+        "modality": _text(step, "Modality")[:16],
+        "station_aet": _text(step, "ScheduledStationAETitle")[:64],
+        "start_date": _text(step, "ScheduledProcedureStepStartDate")[:8],
+        "start_time": _text(step, "ScheduledProcedureStepStartTime")[:16],
+    }
+
+
 class Worklist:
     """The scheduled procedure steps of the node, in its index; matched in memory."""
 
@@ -113,26 +129,12 @@ class Worklist:
         # PS3.4 K.6.1.2.2 / Table K.6-1: one Scheduled Procedure Step per worklist item.
         if not steps or len(steps) != 1:
             raise WorklistError("a worklist item has one Scheduled Procedure Step Sequence item")
-        step = steps[0]
         try:
             data = stored_bytes(ds)
         except Exception as exc:
             raise WorklistError(f"cannot encode the item: {exc}") from None
         now = datetime.now(UTC)
-        row = {
-            "status": SCHEDULED,
-            "accession_number": _text(ds, "AccessionNumber")[:64],
-            "patient_id": _text(ds, "PatientID")[:64],
-            "patient_name": _text(ds, "PatientName")[:324],
-            "sps_id": _text(step, "ScheduledProcedureStepID")[:64],
-            "modality": _text(step, "Modality")[:16],
-            "station_aet": _text(step, "ScheduledStationAETitle")[:64],
-            "start_date": _text(step, "ScheduledProcedureStepStartDate")[:8],
-            "start_time": _text(step, "ScheduledProcedureStepStartTime")[:16],
-            "dataset": data,
-            "created_at": now,
-            "updated_at": now,
-        }
+        row = {"status": SCHEDULED, **item_keys(ds), "dataset": data, "created_at": now, "updated_at": now}
         with self.index.engine.begin() as conn:
             key = conn.execute(worklist_items.insert().values(**row)).inserted_primary_key
             assert key is not None
@@ -174,6 +176,11 @@ class Worklist:
             with self._lock:
                 self._items = None  # reloaded at the next query
         return int(changed)
+
+    def reload(self) -> None:
+        """Items changed in the index by other code (the HL7 feed): read them again at the next query."""
+        with self._lock:
+            self._items = None
 
     def listing(self, *, include_canceled: bool = False) -> list[dict[str, Any]]:
         """Every item with the keys a list shows, oldest first."""

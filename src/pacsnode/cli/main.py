@@ -142,6 +142,10 @@ def serve(
             node.companions.append(HttpServer(settings, node.archive))
         except ViewerError as exc:
             raise _fail(str(exc)) from None
+    if settings.hl7.enabled:
+        from pacsnode.hl7.server import Hl7Server
+
+        node.companions.append(Hl7Server(settings, node.archive))
     try:
         run_loop(node.run_forever())
     except OSError as exc:

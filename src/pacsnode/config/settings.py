@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "PACSNODE_"
 
@@ -123,6 +123,28 @@ class MppsSettings(BaseModel):
         return [_check_ae_title(v) for v in value]
 
 
+class IanSettings(BaseModel):
+    """The ``[ian]`` table: when a study is stable, and who gets its Instance Availability Notification."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Seconds without a new instance after which a study is stable (and notified).
+    stable_after: float = Field(default=60.0, gt=0)
+    # AE titles of [peers.X] that receive an N-CREATE (PS3.4 Annex R) for each stable study, in order.
+    subscribers: list[str] = Field(default_factory=list)
+    # A notification that could not be delivered is tried again after this many seconds, the wait
+    # doubling each time, up to max_attempts tries in all.
+    retry_interval: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=5, ge=1)
+    # Seconds to connect, negotiate and get the answer of each N-CREATE.
+    timeout: float = Field(default=30.0, gt=0)
+
+    @field_validator("subscribers")
+    @classmethod
+    def _titles(cls, value: list[str]) -> list[str]:
+        return [_check_ae_title(v) for v in value]
+
+
 class CommitmentSettings(BaseModel):
     """The ``[commitment]`` table: how Storage Commitment reports reach the requester (PS3.4 J.3.3)."""
 
@@ -166,6 +188,28 @@ class WebSettings(BaseModel):
         return value
 
 
+class Hl7Settings(BaseModel):
+    """The ``[hl7]`` table: HL7 v2 orders and patient updates over MLLP (docs/hl7.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Listen for MLLP connections at all.
+    enabled: bool = False
+    # Listen address; empty: [node] host.
+    host: str = ""
+    # 2575: the port IANA registered for HL7 over MLLP; 0 = any free port.
+    port: int = Field(default=2575, ge=0, le=65535)
+    # A message (MLLP block) over this many bytes gets AR and the connection is closed.
+    max_message: int = Field(default=1 << 20, ge=1024)
+    # ACK MSH-3 / MSH-4; empty: what the sender put in MSH-5 / MSH-6 (else our AE title).
+    application: str = ""
+    facility: str = ""
+    # MSH-11 processing ID accepted (HL7 Table 0103: P production, T training, D debugging).
+    processing_id: Literal["P", "T", "D"] = "P"
+    # A connection that sends nothing for this long is closed.
+    idle_timeout: float = Field(default=600.0, gt=0)
+
+
 class Settings(BaseModel):
     """All settings of one node; built once, immutable, passed explicitly."""
 
@@ -177,7 +221,9 @@ class Settings(BaseModel):
     query: QuerySettings = Field(default_factory=QuerySettings)
     web: WebSettings = Field(default_factory=WebSettings)
     mpps: MppsSettings = Field(default_factory=MppsSettings)
+    hl7: Hl7Settings = Field(default_factory=Hl7Settings)
     commitment: CommitmentSettings = Field(default_factory=CommitmentSettings)
+    ian: IanSettings = Field(default_factory=IanSettings)
     # Remote AEs keyed by AE title: ``[peers.STORESCP]`` with host and port.
     peers: dict[str, PeerSettings] = Field(default_factory=dict)
 
@@ -185,6 +231,16 @@ class Settings(BaseModel):
     @classmethod
     def _peer_titles(cls, value: dict[str, PeerSettings]) -> dict[str, PeerSettings]:
         return {_check_ae_title(title): peer for title, peer in value.items()}
+
+    @model_validator(mode="after")
+    def _subscribers_are_peers(self) -> Settings:
+        unknown = [title for title in self.ian.subscribers if title not in self.peers]
+        if unknown:
+            raise ValueError(
+                f"[ian] subscribers: {', '.join(unknown)} not in [peers]; add a [peers.{unknown[0]}] "
+                "table with its host and port"
+            )
+        return self
 
     def index_url(self) -> str:
         """The index database URL: the configured one, or SQLite in the data folder."""
@@ -248,6 +304,9 @@ def load_settings(
         problems = []
         for err in exc.errors():
             loc = [str(p) for p in err["loc"]]
+            if not loc:  # a rule across tables: its message names the keys
+                problems.append(str(err.get("ctx", {}).get("error", err["msg"])))
+                continue
             table = loc[0] if loc else "?"
             key = loc[1] if len(loc) > 1 else ""
             where = origin.get((table, key), f"[{table}] {key}".strip())

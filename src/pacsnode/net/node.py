@@ -9,11 +9,13 @@ from typing import Protocol
 
 from pacsnode import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from pacsnode.archive.ingest import Archive
+from pacsnode.archive.stability import StudyStability
 from pacsnode.config.settings import Settings
 from pacsnode.net.client import open_association
 from pacsnode.net.server import DicomServer
 from pacsnode.services.catalog import default_registry
 from pacsnode.services.commitment import StorageCommitmentSCP
+from pacsnode.services.ian import InstanceAvailabilityNotifier
 
 log = logging.getLogger("pacsnode")
 
@@ -32,6 +34,12 @@ class Node:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.archive = Archive(settings)
+        # PS3.4 Annex R: stable studies (change log) and their notifications to [ian] subscribers.
+        ian = settings.ian
+        self.stability = StudyStability(self.archive.index, ian.stable_after, ian.subscribers)
+        self.archive.on_committed.append(self.stability.arrived)
+        self.notifier = InstanceAvailabilityNotifier(self.stability.store, settings, open_association)
+        self.stability.listeners.append(self.notifier.stable)
         self.server = DicomServer(
             ae_title=settings.node.aet,
             registry=default_registry(
@@ -52,6 +60,8 @@ class Node:
         node = self.settings.node
         node.data.mkdir(parents=True, exist_ok=True)
         await self.archive.start()
+        await self.notifier.start()  # before the tracker: notifications left from before go first
+        await self.stability.start()
         try:
             await self.server.start(node.host, node.dicom_port)
         except OSError as exc:
@@ -80,6 +90,8 @@ class Node:
         for handler in set(self.server.handlers.values()):
             if isinstance(handler, StorageCommitmentSCP):
                 await handler.close()  # reports still being prepared
+        await self.stability.close()
+        await self.notifier.close()
         await self.archive.close()
 
     async def run_forever(self) -> None:

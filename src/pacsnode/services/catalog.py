@@ -9,6 +9,7 @@ from pacsnode.archive.ingest import Archive
 from pacsnode.config.settings import Settings
 from pacsnode.services.base import ServiceRegistry
 from pacsnode.services.commitment import ReportConnector, storage_commitment_service
+from pacsnode.services.ian import ian_service
 from pacsnode.services.mpps import MppsConnector, mpps_service
 from pacsnode.services.query_retrieve import Connector, query_retrieve_services
 from pacsnode.services.storage import storage_service
@@ -41,6 +42,7 @@ def default_registry(
         registry.register(worklist_service(archive.worklist if archive is not None else None, settings))
         steps = archive.performed_steps if archive is not None else None
         registry.register(mpps_service(steps, settings, mpps_connector))
+        registry.register(ian_service(settings))  # SCU only: sent by the node's notifier
         registry.register(
             storage_commitment_service(
                 _verifier(archive) if archive is not None else None, settings, commitment_connector

@@ -403,7 +403,7 @@ class CommitmentReportReceiver(InMemoryDataSets):
 
     def sibling(self, label: str) -> CommitmentReportReceiver:
         """A receiver for another way in, resolving the same transactions."""
-        return CommitmentReportReceiver(label, self._waiting)
+        return type(self)(label, self._waiting)
 
     def expect(self, transaction_uid: str) -> asyncio.Future[CommitmentReport]:
         """A future resolved with the report of this transaction."""

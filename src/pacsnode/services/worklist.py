@@ -103,8 +103,9 @@ def worklist_service(worklist: Worklist | None, settings: Settings) -> ServiceRe
             "Station AE Title, start date and time ranges, performing physician); person names ignore "
             "case and accents by default. Each answer holds the keys of the query; answers are in the "
             "query's character set when it holds them, else UTF-8. A step an MPPS performs stays "
-            "while IN PROGRESS and leaves the worklist when COMPLETED or DISCONTINUED. HL7 order "
-            "feeds are not supported yet."
+            "while IN PROGRESS and leaves the worklist when COMPLETED or DISCONTINUED. Items also come "
+            "from HL7 v2 orders (ORM^O01, OMI^O23) over MLLP when [hl7] is enabled; ADT^A08 and "
+            "ADT^A40 update and merge their patients (docs/hl7.md)."
         ),
         status_codes=(
             (Status.PENDING, "One scheduled procedure step, with the keys asked for."),
