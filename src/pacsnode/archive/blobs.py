@@ -19,6 +19,7 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 _syncfs = getattr(_libc, "syncfs", None)
 
 SPOOL = "spool"
+_SMALL_GROUP = 2  # groups up to this many files sync file by file, larger ones with syncfs
 OBJECTS = "objects"
 
 
@@ -33,6 +34,7 @@ class FileStore:
         self.spool_dir.mkdir(parents=True, exist_ok=True)
         self.objects_dir.mkdir(parents=True, exist_ok=True)
         self._dirs: set[Path] = set()
+        self._new_dirs: set[Path] = set()  # created since the last sync: their parent needs one too
 
     def spool_path(self) -> Path:
         """A fresh spool file name (the file is created by ``open_spool``)."""
@@ -64,6 +66,8 @@ class FileStore:
 
     def _ensure_dir(self, directory: Path) -> None:
         if directory not in self._dirs:
+            if not directory.exists():
+                self._new_dirs.add(directory)
             directory.mkdir(parents=True, exist_ok=True)
             if len(self._dirs) > 1024:
                 self._dirs.clear()
@@ -93,7 +97,22 @@ class FileStore:
                 _fsync_path(target)
         if not moves and not written:
             return
-        if self.sync_mode == "syncfs":
+        if self.sync_mode == "syncfs" and len(moves) + len(written) <= _SMALL_GROUP:
+            # A group of one or two (a single association): syncing its own files and
+            # directory takes less time than a sync of the whole file system, whose
+            # cost grows with whatever else the machine has written.
+            for _spool, relative in moves:
+                _fsync_path(self.root / relative, data_only=True)
+            for relative in written:
+                _fsync_path(self.root / relative, data_only=True)
+            for directory in dirs:
+                _fsync_path(directory)
+                if directory in self._new_dirs:
+                    # Its name in the day folder, and the day folder's in objects/.
+                    _fsync_path(directory.parent)
+                    _fsync_path(directory.parent.parent)
+                    self._new_dirs.discard(directory)
+        elif self.sync_mode == "syncfs":
             # One sync of the file system covers every file and directory of the
             # group: the group commit that lets concurrent associations share it.
             fd = os.open(self.root, os.O_RDONLY)
@@ -143,9 +162,12 @@ class FileStore:
         return out
 
 
-def _fsync_path(path: Path) -> None:
+def _fsync_path(path: Path, *, data_only: bool = False) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        if data_only:
+            os.fdatasync(fd)  # the data and the size that reads it back; the name is the directory's
+        else:
+            os.fsync(fd)
     finally:
         os.close(fd)
