@@ -169,7 +169,8 @@ def test_peers_and_query_tables(tmp_path):
 @pytest.mark.parametrize(
     ("text", "named"),
     [
-        ('[peers.STORESCP]\nhost = "127.0.0.1"\n', "STORESCP"),  # no port
+        ('[peers.STORESCP]\nhost = "127.0.0.1"\nallow = ["store", "fly"]\n', "allow"),  # no such service
+        ('[peers.STORESCP]\nport = 104\n', "host"),  # no host
         ('[peers.STORESCP]\nhost = "127.0.0.1"\nport = 70000\n', "port"),
         ('[peers.STORESCP]\nhost = "h"\nport = 1\ncolour = "red"\n', "colour"),
         ('[peers."A\\\\B"]\nhost = "h"\nport = 1\n', "peers"),  # backslash in an AE title
@@ -180,3 +181,29 @@ def test_bad_peer_is_named(tmp_path, text, named):
     with pytest.raises(ConfigError) as info:
         load_settings(write(tmp_path, text), environ={})
     assert named in str(info.value)
+
+
+def test_peer_without_port_is_accepted_but_not_called(tmp_path):
+    """A peer that only calls us (a modality) needs no port; a network has no single address."""
+    text = '[peers.CT1]\nhost = "10.0.0.5"\n[peers.WARD]\nhost = "10.1.0.0/16"\nport = 104\n'
+    s = load_settings(write(tmp_path, text), environ={})
+    assert s.peers["CT1"].endpoint() is None and s.peers["WARD"].endpoint() is None
+    assert s.peers["CT1"].allow == ["echo", "store", "find", "move", "get", "worklist", "mpps", "commit"]
+
+
+def test_unknown_peers_default_follows_the_listen_address(tmp_path):
+    assert load_settings(None, environ={}).node.accepts_unknown_peers() is True  # loopback
+    wide = load_settings(None, {"node": {"host": "0.0.0.0"}}, environ={})
+    assert wide.node.accepts_unknown_peers() is False
+    told = load_settings(None, {"node": {"host": "0.0.0.0", "accept_unknown_peers": True}}, environ={})
+    assert told.node.accepts_unknown_peers() is True
+
+
+def test_tls_port_needs_its_files(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, "[node]\ntls_port = 2762\n"), environ={})
+    assert "tls_cert" in str(info.value)
+    text = '[node]\ntls_port = 2762\ntls_cert = "a.crt"\ntls_key = "a.key"\n'
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text), environ={})
+    assert "tls_ca" in str(info.value)

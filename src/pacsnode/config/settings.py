@@ -28,6 +28,26 @@ def _check_ae_title(value: str) -> str:
     return title
 
 
+SERVICES = ("echo", "store", "find", "move", "get", "worklist", "mpps", "commit")
+Service = Literal["echo", "store", "find", "move", "get", "worklist", "mpps", "commit"]
+Role = Literal["admin", "read", "write"]
+
+
+def _all_services() -> list[Service]:
+    return ["echo", "store", "find", "move", "get", "worklist", "mpps", "commit"]
+
+
+def _read_role() -> list[Role]:
+    return ["read"]
+
+
+def _all_roles() -> list[Role]:
+    return ["admin", "read", "write"]
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
 class NodeSettings(BaseModel):
     """The ``[node]`` table: one Device with one Network AE on one DICOM and one HTTP port."""
 
@@ -38,6 +58,34 @@ class NodeSettings(BaseModel):
     host: str = "127.0.0.1"
     dicom_port: int = Field(default=11112, ge=0, le=65535)
     http_port: int = Field(default=8042, ge=0, le=65535)
+    # false: no plain (unencrypted) DICOM listener, only tls_port.
+    plain_dicom: bool = True
+    # Calling AE titles without a [peers.X] table: accepted or rejected (A-ASSOCIATE-RJ,
+    # "calling AE title not recognised"). None: accepted only while the node listens on
+    # loopback alone (PS3.15 B.1: the AE title is no credential).
+    accept_unknown_peers: bool | None = None
+    # PS3.15 B.9 (BCP 195) DICOM over TLS: a second listener (0 = any free port).
+    tls_port: int | None = Field(default=None, ge=0, le=65535)
+    tls_cert: Path | None = None  # PEM: our certificate (chain), for DICOM and HTTPS
+    tls_key: Path | None = None  # PEM: its private key
+    tls_ca: Path | None = None  # PEM: the CAs whose certificates peers must present
+    tls_require_client_cert: bool = True  # mutual TLS: a peer without a trusted certificate is refused
+    # Also require the peer's certificate to name its calling AE title or its host (SAN or CN).
+    tls_check_peer_name: bool = False
+
+    def accepts_unknown_peers(self) -> bool:
+        """``accept_unknown_peers``, its default resolved from where the node listens."""
+        if self.accept_unknown_peers is not None:
+            return self.accept_unknown_peers
+        return self.host in LOOPBACK_HOSTS
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> NodeSettings:
+        if self.tls_port is not None and (self.tls_cert is None or self.tls_key is None):
+            raise ValueError("[node] tls_port needs tls_cert and tls_key")
+        if self.tls_port is not None and self.tls_require_client_cert and self.tls_ca is None:
+            raise ValueError("[node] tls_require_client_cert needs tls_ca (the CAs of the peers)")
+        return self
 
     # Fix (tests/net): validated on the field, so that an error names [node] aet and
     # where it came from; as a validator of Settings.node it was reported as ": ...".
@@ -88,12 +136,23 @@ class StorageSettings(BaseModel):
 
 
 class PeerSettings(BaseModel):
-    """One ``[peers.AETITLE]`` table: a remote Application Entity (a C-MOVE destination, say)."""
+    """One ``[peers.AETITLE]`` table: a remote Application Entity, what it may do and how to reach it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # An address or host name, or a network such as "10.0.0.0/24" (then the AE is only
+    # accepted from there, never called: it has no single address).
     host: str
-    port: int = Field(ge=1, le=65535)
+    port: int | None = Field(default=None, ge=1, le=65535)  # where it listens (C-MOVE, reports)
+    tls: bool = False  # associations with it, both ways, use TLS (PS3.15 B.9)
+    # The services it may use as SCU with this node (PS3.15 B.1 access control).
+    allow: list[Service] = Field(default_factory=_all_services)
+
+    def endpoint(self) -> tuple[str, int] | None:
+        """(host, port) to call it on, or None when it has no port or is a network."""
+        if self.port is None or "/" in self.host:
+            return None
+        return self.host, self.port
 
 
 class QuerySettings(BaseModel):
@@ -210,6 +269,64 @@ class Hl7Settings(BaseModel):
     idle_timeout: float = Field(default=600.0, gt=0)
 
 
+class UserSettings(BaseModel):
+    """One ``[auth.users.NAME]`` table: an HTTP (and DICOM User Identity) user."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # `pacsnode auth hash-password` output (scrypt); never the password itself.
+    password_hash: str
+    roles: list[Role] = Field(default_factory=_read_role)
+
+
+class TokenSettings(BaseModel):
+    """One ``[auth.tokens.NAME]`` table: an API token (sent as ``Authorization: Bearer``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    token_hash: str  # SHA-256 (hex) of the token: the file never holds the token itself
+    roles: list[Role] = Field(default_factory=_read_role)
+
+
+class AuthSettings(BaseModel):
+    """The ``[auth]`` table: who may use the HTTP API and DICOMweb, and DICOM User Identity."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Requests from loopback without credentials are allowed, with these roles ([] = none).
+    loopback_roles: list[Role] = Field(default_factory=_all_roles)
+    users: dict[str, UserSettings] = Field(default_factory=dict)
+    tokens: dict[str, TokenSettings] = Field(default_factory=dict)
+    # OpenID Connect bearer tokens (JWT): the issuer, the audience, and its keys (a JWKS URL or file).
+    oidc_issuer: str = ""
+    oidc_audience: str = ""
+    oidc_jwks: str = ""
+    oidc_roles_claim: str = "roles"
+    # PS3.7 D.3.3.7 User Identity Negotiation on DICOM associations: ignored ("off"),
+    # checked when sent ("optional"), or needed from every peer ("required").
+    dimse_user_identity: Literal["off", "optional", "required"] = "off"
+
+
+class AuditSettings(BaseModel):
+    """The ``[audit]`` table: the PS3.15 A.5 audit trail, kept locally and sent by syslog."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    # The collector (RFC 5424 syslog); empty: messages are only kept locally.
+    syslog_host: str = ""
+    syslog_port: int = Field(default=6514, ge=1, le=65535)
+    syslog_transport: Literal["udp", "tcp", "tls"] = "tls"
+    syslog_ca: Path | None = None  # PEM CAs of the collector (tls)
+    syslog_cert: Path | None = None  # PEM client certificate and key, when the collector asks
+    syslog_key: Path | None = None
+    # AuditSourceIdentification: AuditSourceID (default: our AE title) and AuditEnterpriseSiteID.
+    source_id: str = ""
+    enterprise_site_id: str = ""
+    # Days the local copy of each message is kept (0: for ever).
+    keep_days: int = Field(default=0, ge=0)
+
+
 class Settings(BaseModel):
     """All settings of one node; built once, immutable, passed explicitly."""
 
@@ -224,6 +341,8 @@ class Settings(BaseModel):
     hl7: Hl7Settings = Field(default_factory=Hl7Settings)
     commitment: CommitmentSettings = Field(default_factory=CommitmentSettings)
     ian: IanSettings = Field(default_factory=IanSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
     # Remote AEs keyed by AE title: ``[peers.STORESCP]`` with host and port.
     peers: dict[str, PeerSettings] = Field(default_factory=dict)
 

@@ -13,6 +13,7 @@ from pacsnode.archive.stability import StudyStability
 from pacsnode.config.settings import Settings
 from pacsnode.net.client import open_association
 from pacsnode.net.server import DicomServer
+from pacsnode.security.events import AuditSink, NullAuditSink
 from pacsnode.services.catalog import default_registry
 from pacsnode.services.commitment import StorageCommitmentSCP
 from pacsnode.services.ian import InstanceAvailabilityNotifier
@@ -31,8 +32,10 @@ class Companion(Protocol):
 class Node:
     """One pacsnode device: its data folder and its DICOM listener."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, audit: AuditSink | None = None) -> None:
         self.settings = settings
+        # PS3.15 A.5: every part of the node reports its events here.
+        self.audit: AuditSink = audit if audit is not None else NullAuditSink()
         self.archive = Archive(settings)
         # PS3.4 Annex R: stable studies (change log) and their notifications to [ian] subscribers.
         ian = settings.ian
@@ -52,6 +55,7 @@ class Node:
             network=settings.network,
             implementation_class_uid=IMPLEMENTATION_CLASS_UID,
             implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+            audit=self.audit,
         )
         self.companions: list[Companion] = []
 

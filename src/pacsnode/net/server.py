@@ -8,6 +8,7 @@ from collections.abc import Mapping
 
 from pacsnode.config.settings import NetworkSettings
 from pacsnode.net.association import AssociationProtocol
+from pacsnode.security.events import AuditSink, NullAuditSink
 from pacsnode.services.base import ServiceHandler, ServiceRegistry
 from pacsnode.ul.connection import AssociationRequested, Role
 from pacsnode.ul.errors import AbortReason, AbortSource
@@ -129,8 +130,10 @@ class DicomServer:
         implementation_class_uid: str,
         implementation_version_name: str,
         user_identity: UserIdentityPolicy | None = None,
+        audit: AuditSink | None = None,
     ) -> None:
         self.network = network
+        self.audit: AuditSink = audit if audit is not None else NullAuditSink()
         self.registry = registry
         self.handlers: Mapping[str, ServiceHandler] = registry.handlers()
         self.policy = AcceptorPolicy(

@@ -288,20 +288,22 @@ class StorageCommitmentSCP(InMemoryDataSets):
         """PS3.4 J.3.3: a new association to the requester, we in the SCP role (role selection)."""
         settings = self.settings
         peer = settings.peers.get(pending.calling_ae_title)
-        if peer is None or self.connector is None:
+        endpoint = peer.endpoint() if peer is not None else None
+        if endpoint is None or self.connector is None:
             raise Undeliverable(
                 f"the association from {pending.calling_ae_title} has ended and there is no "
-                f"[peers.{pending.calling_ae_title}] to send the report to"
+                f"[peers.{pending.calling_ae_title}] host and port to send the report to"
             )
+        host, port = endpoint
         delay = settings.commitment.retry_interval
         attempts = settings.commitment.attempts
         for attempt in range(1, attempts + 1):
             try:
-                status = await self._deliver(pending, event, info, peer.host, peer.port)
+                status = await self._deliver(pending, event, info, host, port)
             except Exception as exc:
                 if attempt == attempts:
                     raise Undeliverable(
-                        f"{pending.calling_ae_title} at {peer.host}:{peer.port}: {exc} "
+                        f"{pending.calling_ae_title} at {host}:{port}: {exc} "
                         f"(gave up after {attempts} attempts)"
                     ) from exc
                 log.warning(
@@ -315,7 +317,7 @@ class StorageCommitmentSCP(InMemoryDataSets):
                 await asyncio.sleep(delay)  # backoff between attempts, not a wait for an event
                 delay *= 2
                 continue
-            return f"on a new association to {peer.host}:{peer.port} (status 0x{status:04X})"
+            return f"on a new association to {host}:{port} (status 0x{status:04X})"
         raise AssertionError("unreachable")
 
     async def _deliver(self, pending: _Pending, event: int, info: Dataset, host: str, port: int) -> int:

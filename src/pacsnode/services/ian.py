@@ -238,10 +238,11 @@ class InstanceAvailabilityNotifier:
         else:
             if not datasets:
                 outcome, final, ok = "the study is no longer in the archive", True, False
-            elif peer is None:
-                outcome, final, ok = "not in [peers]", True, False
+            elif peer is None or peer.endpoint() is None:
+                outcome, final, ok = "no host and port in [peers]", True, False
             else:
-                outcome, final, ok = await self._send(peer.host, peer.port, note, datasets)
+                host, port = peer.endpoint() or ("", 0)
+                outcome, final, ok = await self._send(host, port, note, datasets)
         if ok:
             log.info("IAN for study %s sent to %s: %s", note.study_instance_uid, note.subscriber, outcome)
             await self._settle(note, SENT, attempts, outcome)

@@ -131,14 +131,14 @@ class PerformedProcedureStepSCP(InMemoryDataSets):
         settings = self.settings
         for title in settings.mpps.forward_to:
             peer = settings.peers.get(title)
-            if peer is None:
-                log.warning("MPPS forward: no [peers.%s] in the configuration", title)
+            endpoint = peer.endpoint() if peer is not None else None
+            if endpoint is None:
+                log.warning("MPPS forward: no [peers.%s] host and port in the configuration", title)
                 continue
             timeout = settings.query.move_timeout
             try:
                 assoc = await self.connector(
-                    peer.host,
-                    peer.port,
+                    *endpoint,
                     called_ae_title=title,
                     calling_ae_title=settings.node.aet,
                     contexts=[ProposedContext(MPPS_SOP_CLASS, _UNCOMPRESSED)],

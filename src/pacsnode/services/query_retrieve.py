@@ -504,7 +504,8 @@ class QueryRetrieveSCP(InMemoryDataSets):
         cmd = request.command
         destination = (cmd.move_destination or "").strip()
         peer = self.settings.peers.get(destination)
-        if peer is None or self.connector is None:
+        endpoint = peer.endpoint() if peer is not None else None
+        if endpoint is None or self.connector is None:
             # PS3.4 C.4.2.1.5: A801, the destination is not one we know.
             log.info("C-MOVE to unknown destination %r refused", destination)
             responder.send(
@@ -532,8 +533,7 @@ class QueryRetrieveSCP(InMemoryDataSets):
                 break
             try:
                 assoc = await self.connector(
-                    peer.host,
-                    peer.port,
+                    *endpoint,
                     called_ae_title=destination,
                     calling_ae_title=self.settings.node.aet,
                     contexts=contexts,
@@ -542,9 +542,7 @@ class QueryRetrieveSCP(InMemoryDataSets):
                     dimse_timeout=timeout,
                 )
             except Exception as exc:
-                log.warning(
-                    "C-MOVE: cannot associate with %s at %s:%d: %s", destination, peer.host, peer.port, exc
-                )
+                log.warning("C-MOVE: cannot associate with %s at %s:%d: %s", destination, *endpoint, exc)
                 for ref in batch:
                     counts.fail(ref.sop_instance_uid)
                 continue
