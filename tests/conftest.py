@@ -129,11 +129,16 @@ def make_storage_node(tmp_path: Path, index_url: str) -> Iterator[Callable[..., 
     started: list[Any] = []
 
     def start(
-        *, data: Path | None = None, index_url: str | None = None, http: bool = False, **options: Any
+        *,
+        data: Path | None = None,
+        index_url: str | None = None,
+        http: bool = False,
+        audit: Any = None,
+        **options: Any,
     ) -> Any:
         folder = data if data is not None else tmp_path / f"data{len(started)}"
         url = index_url if index_url is not None else default_url
-        node = start_threaded_node(storage_settings(folder, url, **options), http=http)
+        node = start_threaded_node(storage_settings(folder, url, **options), http=http, audit=audit)
         started.append(node)
         return node
 

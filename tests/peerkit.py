@@ -504,28 +504,35 @@ def storage_settings(
     *,
     aet: str = AE_TITLE,
     network: dict[str, Any] | None = None,
-    peers: dict[str, tuple[str, int]] | None = None,
+    peers: dict[str, tuple[str, int] | dict[str, Any]] | None = None,
     query: dict[str, Any] | None = None,
     web: dict[str, Any] | None = None,
     mpps: dict[str, Any] | None = None,
     ian: dict[str, Any] | None = None,
     commitment: dict[str, Any] | None = None,
+    node: dict[str, Any] | None = None,
+    auth: dict[str, Any] | None = None,
     **storage: Any,
 ) -> Settings:
     """Node settings for tests: port 0, this data folder and index, short shutdown.
 
     ``peers`` are the node's remote AEs (C-MOVE destinations): {AE title: (host, port)};
     ``query`` is the [query] table (case_insensitive_names, max_results, move_timeout).
+    A peer may also be a whole [peers.X] table ({"host": ..., "allow": [...], "tls": ...});
+    ``node`` adds [node] keys (accept_unknown_peers), ``auth`` is the [auth] table.
     """
     from pacsnode.config.settings import load_settings
 
     overrides: dict[str, dict[str, Any]] = {
-        "node": {"data": data, "dicom_port": 0, "http_port": 0, "aet": aet},
+        "node": {"data": data, "dicom_port": 0, "http_port": 0, "aet": aet, **(node or {})},
         "network": {"shutdown_timeout": 2.0, **(network or {})},
         "storage": {"index_url": index_url, **storage},
     }
     if peers:
-        overrides["peers"] = {ae: {"host": host, "port": port} for ae, (host, port) in peers.items()}
+        overrides["peers"] = {
+            ae: dict(peer) if isinstance(peer, dict) else {"host": peer[0], "port": peer[1]}
+            for ae, peer in peers.items()
+        }
     if query:
         overrides["query"] = dict(query)
     if web:
@@ -536,6 +543,8 @@ def storage_settings(
         overrides["ian"] = dict(ian)
     if commitment:
         overrides["commitment"] = dict(commitment)
+    if auth:
+        overrides["auth"] = dict(auth)
     return load_settings(None, overrides, environ={})
 
 
@@ -607,9 +616,9 @@ class ThreadedNode:
                 self._index.dispose()
 
 
-def start_threaded_node(settings: Settings, *, http: bool = False) -> ThreadedNode:
+def start_threaded_node(settings: Settings, *, http: bool = False, audit: Any = None) -> ThreadedNode:
     """Start a Node with these settings on a fresh (uv)loop in a daemon thread; ``http``: with its
-    HTTP server (DICOMweb) on a port of its own."""
+    HTTP server (DICOMweb) on a port of its own; ``audit``: the AuditSink its events go to."""
     from pacsnode.net.node import Node
 
     loop = new_loop()
@@ -626,11 +635,12 @@ def start_threaded_node(settings: Settings, *, http: bool = False) -> ThreadedNo
         raise AssertionError("node event loop did not start")
 
     async def create() -> Any:
-        node = Node(settings)
+        node = Node(settings, audit=audit)
         if http:
             from pacsnode.web.server import HttpServer
 
-            node.companions.append(HttpServer(settings, node.archive))
+            server = HttpServer(settings, node.archive, audit=node.audit, authenticator=node.authenticator)
+            node.companions.append(server)
         await node.start()
         return node
 

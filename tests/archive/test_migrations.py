@@ -90,3 +90,14 @@ def test_patients_without_an_id_are_no_longer_merged_after_0003(index: ArchiveIn
             conn.execute(insert(patients).values(patient_id="P1", issuer_of_patient_id="", patient_name="X"))
     with index.engine.connect() as conn:
         assert conn.execute(select(patients.c.id).where(patients.c.patient_id == "")).all() == [(1,), (3,)]
+
+
+def test_an_index_of_0006_gets_an_empty_audit_trail(index: ArchiveIndex) -> None:
+    # 0007: audit_messages (PS3.15 A.5), the trail's queue and search index; nothing else changes.
+    from pacsnode.archive.schema import audit_messages
+
+    _upgrade(index, "0006")
+    index.migrate()
+    with index.engine.connect() as conn:
+        assert conn.execute(select(audit_messages)).all() == []
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one() == "0007"

@@ -241,9 +241,11 @@ def test_fixed_sections_say_what_is_true() -> None:
     assert "No character set is interpreted" in charsets
     assert "stored as received" not in charsets
     security = section(text, "Security")
-    assert "no TLS" in security
-    assert "accepted but not verified" in security
-    assert "no audit trail" in security
+    assert "TLS Secure Transport Connection Profile (PS3.15 B.9) is supported but not enabled" in security
+    assert "user identity sub-items are ignored" in security
+    assert "Calling AE titles without a table are accepted" in security  # on loopback, by default
+    assert "supports the Audit Trail Message Format Profile (PS3.15 A.5)" in security
+    assert "No collector is configured" in security
 
 
 def test_character_sets_with_a_storage_scp() -> None:

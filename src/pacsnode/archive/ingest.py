@@ -8,7 +8,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from io import BytesIO
 from pathlib import Path
@@ -43,6 +43,8 @@ class StoreResult:
     comment: str = ""
     sop_instance_uid: str = ""
     outcome: Outcome | None = None
+    # What the header said (study, patient), when it could be read: the audit trail's subject.
+    record: InstanceRecord | None = None
 
     @property
     def ok(self) -> bool:
@@ -326,7 +328,7 @@ class Archive:
                     item.result = item.result or StoreResult(Status.PROCESSING_FAILURE, str(exc)[:64])
             for item in batch:
                 if item.future is not None and not item.future.done():
-                    item.future.set_result(item.result or StoreResult(Status.PROCESSING_FAILURE))
+                    item.future.set_result(_final(item))
                 queue.task_done()
             self._announce(batch)
 
@@ -511,7 +513,7 @@ class Archive:
     def _commit_into(self, batch: list[tuple[int, _Pending]], results: list[StoreResult | None]) -> None:
         self._commit([item for _, item in batch])
         for position, item in batch:
-            results[position] = item.result or StoreResult(Status.PROCESSING_FAILURE)
+            results[position] = _final(item)
 
     def _spool_file(self, path: Path, source_ae_title: str) -> SpoolSink | StoreResult:
         try:
@@ -532,6 +534,12 @@ class Archive:
         except Exception as exc:
             return StoreResult(Status.CANNOT_UNDERSTAND, f"{path}: {exc}")
         return sink
+
+
+def _final(item: _Pending) -> StoreResult:
+    """The answer for an instance of a commit group, with its record when it was read."""
+    result = item.result or StoreResult(Status.PROCESSING_FAILURE)
+    return replace(result, record=item.record) if item.record is not None else result
 
 
 def _result_of(outcome: Outcome, sop_instance_uid: str) -> StoreResult:

@@ -101,6 +101,9 @@ def classify(tag: int, vr: str, value: str | None) -> Matcher:
     """Classify a non-sequence key's value; raise InvalidKey for a value no rule accepts."""
     text = (value or "").strip(" ") if vr not in ("LT", "ST", "UT") else (value or "").rstrip(" ")
     text = text.rstrip("\0")
+    if "\0" in text:
+        # Fix (tests/security): as QIDO does; PostgreSQL refused the query (0xC001, a traceback).
+        raise InvalidKey(tag, "contains NUL")
     if text == "" or (vr in WILDCARD_VRS and text.strip("*") == "" and vr != "UI"):
         # PS3.4 C.2.2.2.3: zero length (or a lone '*', C.2.2.2.4) matches every entity.
         return Matcher(Kind.UNIVERSAL, vr)

@@ -175,6 +175,10 @@ class InstanceRef:
     size: int
     series_instance_uid: str = ""
     study_instance_uid: str = ""
+    # The study's patient and accession number: what the audit trail names (PS3.15 A.5.3).
+    patient_id: str = ""
+    patient_name: str = ""
+    accession_number: str = ""
 
 
 # An identifier's element: (tag, VR, value); the value is text (the DICOM form, values
@@ -634,6 +638,9 @@ class QueryEngine:
                 instances.c.size,
                 series.c.series_instance_uid,
                 studies.c.study_instance_uid,
+                patients.c.patient_id,
+                patients.c.patient_name,
+                studies.c.accession_number,
             )
             .select_from(_joined(_UPWARD))
             .order_by(series.c.id, instances.c.instance_number, instances.c.id)
@@ -651,7 +658,7 @@ class QueryEngine:
             for row in conn.execute(stmt):
                 if cancelled is not None and cancelled.is_set():
                     break
-                out.append(InstanceRef(*row))
+                out.append(InstanceRef(*row[:7], *(text or "" for text in row[7:])))
             return out
 
     # ------------------------------------------------------------ per entity

@@ -116,13 +116,21 @@ def _level(source: _Source, fields: tuple[_Field, ...]) -> dict[str, Any]:
         if kind == "int":
             out[column] = _int(source.integer(tag))
         else:
-            text = source.text(tag)
+            # Fix (tests/security): no NUL in the index (PostgreSQL text cannot hold one: the whole
+            # group commit failed, "index database unavailable"); the file keeps its value.
+            text = source.text(tag).replace("\0", "")
             out[column] = (_date(text) if vr == "DA" else text)[:limit]
     return out
 
 
-def _uid(source: _Source, keyword: str, tag: int) -> str:
+def _uid(source: _Source, keyword: str, tag: int, *, required: bool = True) -> str:
     value = source.text(tag).strip("\0 ")
+    if not all(" " <= c <= "~" for c in value):
+        # Fix (tests/security): a UID with a control character (a NUL, a line feed) is refused;
+        # PostgreSQL failed the whole group commit on a NUL, SQLite indexed it.
+        raise InvalidInstance(f"{keyword} holds control or non-ASCII characters")
+    if not required:
+        return value
     if not value:
         raise InvalidInstance(f"{keyword} is missing or empty")
     if len(value) > 64:
@@ -164,7 +172,7 @@ def instance_record(
         uids = [_uid(source, keyword, tag) for keyword, tag in UIDS[:2]]
         if uids[1] in NON_PATIENT_SOP_CLASSES:
             # Stored outside the hierarchy: no study and series UIDs to require.
-            uids += [source.text(tag).strip("\0 ") for _, tag in UIDS[2:]]
+            uids += [_uid(source, keyword, tag, required=False) for keyword, tag in UIDS[2:]]
         else:
             uids += [_uid(source, keyword, tag) for keyword, tag in UIDS[2:]]
         patient, study, series = _level(source, PATIENT), _level(source, STUDY), _level(source, SERIES)

@@ -230,3 +230,27 @@ ian_notifications = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 Index("ix_ian_notifications_status", ian_notifications.c.status)
+
+# PS3.15 A.5: the audit trail. Each DICOM audit message (its XML as sent), with the keys it is
+# searched by; kept until sent to the [audit] collector, and for [audit] keep_days.
+audit_messages = Table(
+    "audit_messages",
+    metadata,
+    Column("id", Integer, primary_key=True),  # the order messages are sent in
+    Column("at", DateTime(timezone=True), nullable=False),  # EventDateTime
+    Column("event_code", String(16), nullable=False),  # EventID (PS3.16 CID 400), e.g. 110112
+    Column("event_types", String(255), nullable=False, default=""),  # EventTypeCodes, "|110120|"
+    Column("action", String(1), nullable=False),  # EventActionCode C R U D E
+    Column("outcome", Integer, nullable=False),  # EventOutcomeIndicator 0 4 8 12
+    Column("user_ids", Text, nullable=False, default=""),  # ActiveParticipant UserIDs, "|A|B|"
+    Column("patient_ids", Text, nullable=False, default=""),  # Patient IDs of the objects, "|P1|"
+    Column("study_uids", Text, nullable=False, default=""),  # Study Instance UIDs, "|1.2|"
+    Column("source_address", String(255), nullable=False, default=""),  # the requestor's address
+    Column("xml", Text, nullable=False),  # the AuditMessage
+    Column("sent", Integer, nullable=False, default=0),  # 0 to send, 1 sent, 2 cannot be sent
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("sent_at", DateTime(timezone=True), nullable=True),
+    Column("last_error", Text, nullable=False, default=""),
+)
+Index("ix_audit_messages_at", audit_messages.c.at)
+Index("ix_audit_messages_sent", audit_messages.c.sent, audit_messages.c.id)

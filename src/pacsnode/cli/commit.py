@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from ssl import SSLContext
 
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
@@ -46,6 +47,7 @@ class CommitOptions:
     listen_host: str = "0.0.0.0"
     listen_port: int | None = None  # where the SCP may open an association for the report
     release_at_once: bool = False  # release after N-ACTION-RSP: the report must come on a new association
+    tls: SSLContext | None = None  # DICOM over TLS (PS3.15 B.9) to the SCP (the listener stays plain)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +121,7 @@ async def request_commitment(
             acse_timeout=options.timeout,
             dimse_timeout=options.timeout,
             handlers={STORAGE_COMMITMENT_SOP_CLASS: receiver},
+            ssl=options.tls,
         )
         try:
             rsp, _ = await assoc.n_action(

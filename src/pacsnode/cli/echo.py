@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from ssl import SSLContext
 
 from rich.console import Console
 from rich.markup import escape
@@ -28,6 +29,7 @@ async def _echo(
     abort: bool,
     verbose: int,
     console: Console,
+    tls: SSLContext | None = None,
 ) -> bool:
     ok = True
     total = repeat * associations
@@ -46,6 +48,7 @@ async def _echo(
                     connect_timeout=connect_timeout,
                     acse_timeout=acse_timeout,
                     dimse_timeout=dimse_timeout,
+                    ssl=tls,
                 )
             except AssociationError as exc:
                 # Fix (tests/cli): escaped, the text may hold "[...]" that Rich took for markup.

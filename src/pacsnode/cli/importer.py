@@ -12,6 +12,8 @@ from rich.console import Console
 
 from pacsnode.archive.index import Outcome
 from pacsnode.archive.ingest import Archive, StoreResult
+from pacsnode.audit.builders import StudyTally, imported, local_user
+from pacsnode.audit.trail import AuditTrail
 from pacsnode.cli.files import DicomFile, convert, quiet_pydicom
 from pacsnode.cli.store import FileProgress, FileResult, Reporter, Summary, collect, result_of_status
 from pacsnode.config.settings import Settings
@@ -50,6 +52,14 @@ def _wrap(item: DicomFile, folder: Path, number: int) -> Path:
         out.write(file_meta(item.sop_class_uid, item.sop_instance_uid, ts))
         out.write(dataset)
     return target
+
+
+def _root(path: Path, roots: Sequence[Path]) -> Path:
+    """The path given on the command line that a file was found under (the audit's source media)."""
+    for root in roots:
+        if path == root or root in path.parents:
+            return root
+    return path.parent
 
 
 def _label(result: StoreResult) -> tuple[str, bool]:
@@ -95,6 +105,11 @@ def _run_import(
     settings.node.data.mkdir(parents=True, exist_ok=True)
     archive = Archive(settings)
     archive.open()
+    # PS3.15 A.5.3.5: Import, per source and study; kept in the index, sent by the serving node.
+    trail = AuditTrail(settings, send=False) if settings.audit.enabled else None
+    if trail is not None:
+        trail.start()
+    imported_from: dict[Path, StudyTally] = {}
     batch_size = settings.storage.max_batch
     try:
         with (
@@ -123,6 +138,10 @@ def _run_import(
                 sources = [job.source for job in jobs]
                 for job, res in zip(jobs, archive.import_files(sources), strict=True):
                     label, failed = _label(res)
+                    tally = imported_from.setdefault(_root(job.item.path, paths), StudyTally())
+                    tally.add_record(
+                        res.record, job.item.sop_class_uid, f"{label}: {res.comment}" if failed else None
+                    )
                     reporter(
                         FileResult(
                             job.item.path,
@@ -143,6 +162,12 @@ def _run_import(
                         job.source.unlink(missing_ok=True)
                 start = end
     finally:
+        if trail is not None:
+            user = local_user()
+            for root, tally in imported_from.items():
+                for study in tally.studies():
+                    trail.emit(imported(user, root.resolve().as_uri(), study))
+            trail.close()
         run_loop(archive.close())
     reporter.finish()
     elapsed = time.perf_counter() - started

@@ -15,10 +15,14 @@ from rich.logging import RichHandler
 from rich.markup import escape
 
 from pacsnode import __version__
+from pacsnode.cli.tls import TlsCaOpt, TlsCertOpt, TlsKeyOpt, TlsNoVerifyOpt, TlsOpt, client_tls
+from pacsnode.config.logsafe import install as install_logsafe
 from pacsnode.config.settings import ConfigError, Settings, load_settings
 from pacsnode.net.loop import run_loop
 
 if TYPE_CHECKING:
+    from ssl import SSLContext
+
     from pydicom.dataset import Dataset
 
     from pacsnode.cli.qr import QROptions
@@ -47,6 +51,7 @@ def _setup_logging(verbose: int, *, server: bool = False) -> None:
         )
         # Alembic narrates every plug-in it loads at INFO: keep that for -v.
         logging.getLogger("alembic").setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
+        install_logsafe()  # a peer's AE title, UID or URL escaped and cut: one record, one line
         return
     logging.basicConfig(
         level=level,
@@ -55,6 +60,7 @@ def _setup_logging(verbose: int, *, server: bool = False) -> None:
         handlers=[RichHandler(console=err, show_path=False, rich_tracebacks=False)],
         force=True,
     )
+    install_logsafe()
 
 
 def _fail(message: str) -> typer.Exit:
@@ -68,6 +74,18 @@ def _settings(config: Path | None, **node: object) -> Settings:
     try:
         return load_settings(config, {"node": node})
     except ConfigError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _tls(
+    tls: bool, cert: Path | None, key: Path | None, ca: Path | None, no_verify: bool
+) -> SSLContext | None:
+    """The client TLS context of the --tls options (None: plain DICOM); exit 1 naming a bad file."""
+    from pacsnode.security.tls import TlsConfigError
+
+    try:
+        return client_tls(tls, cert, key, ca, no_verify)
+    except TlsConfigError as exc:
         raise _fail(str(exc)) from None
 
 
@@ -134,18 +152,24 @@ def serve(
 
     _setup_logging(0 if quiet else verbose + 1, server=True)
     settings = _settings(config, data=data, aet=aet, host=host, dicom_port=dicom_port, http_port=http_port)
+    from pacsnode.security.tls import TlsConfigError
     from pacsnode.web.viewer import ViewerError
 
-    node = Node(settings)
+    try:
+        node = Node(settings)  # TLS files are read here: an error names the file
+    except TlsConfigError as exc:
+        raise _fail(f"TLS: {exc}") from None
     if settings.web.enabled:
         try:
-            node.companions.append(HttpServer(settings, node.archive))
-        except ViewerError as exc:
+            node.companions.append(
+                HttpServer(settings, node.archive, audit=node.audit, authenticator=node.authenticator)
+            )
+        except (ViewerError, TlsConfigError) as exc:
             raise _fail(str(exc)) from None
     if settings.hl7.enabled:
         from pacsnode.hl7.server import Hl7Server
 
-        node.companions.append(Hl7Server(settings, node.archive))
+        node.companions.append(Hl7Server(settings, node.archive, audit=node.audit))
     try:
         run_loop(node.run_forever())
     except OSError as exc:
@@ -180,11 +204,17 @@ def echo(
     ] = 262_144,
     abort: Annotated[bool, typer.Option("--abort", help="End with A-ABORT instead of A-RELEASE.")] = False,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="Say more (-vv: debug).")] = 0,
+    tls: TlsOpt = False,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+    tls_ca: TlsCaOpt = None,
+    tls_no_verify: TlsNoVerifyOpt = False,
 ) -> None:
     """Verify a peer with C-ECHO (PS3.7 9.1.5), like DCMTK's echoscu."""
     from pacsnode.cli.echo import run_echo
 
     _setup_logging(verbose)
+    context = _tls(tls, tls_cert, tls_key, tls_ca, tls_no_verify)
     ok = run_echo(
         host,
         port,
@@ -199,6 +229,7 @@ def echo(
         abort=abort,
         verbose=verbose,
         console=err,
+        tls=context,
     )
     raise typer.Exit(0 if ok else 1)
 
@@ -260,6 +291,11 @@ def store(
     ] = 262_144,
     report: ReportOpt = None,
     verbose: FilesVerboseOpt = 0,
+    tls: TlsOpt = False,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+    tls_ca: TlsCaOpt = None,
+    tls_no_verify: TlsNoVerifyOpt = False,
 ) -> None:
     from pacsnode.cli.store import StoreOptions, run_store
 
@@ -274,6 +310,7 @@ def store(
         dimse_timeout=dimse_timeout,
         max_pdu=max_pdu,
         convert=convert,
+        tls=_tls(tls, tls_cert, tls_key, tls_ca, tls_no_verify),
     )
     try:
         ok = run_store(paths, options, recursive=recursive, verbose=verbose, console=err, report=report)
@@ -367,6 +404,72 @@ MaxPduOpt = Annotated[int, typer.Option("--max-pdu", "-pdu", min=4096, help="Max
 QRVerboseOpt = Annotated[int, typer.Option("--verbose", "-v", count=True, help="Say more (-vv: debug log).")]
 
 
+@app.command(
+    help="De-identify DICOM files and folders (PS3.15 Annex E): the Basic Application Level "
+    "Confidentiality Profile, plus each --option given (retain-safe-private, retain-uids, "
+    "retain-device-identity, retain-institution-identity, retain-patient-characteristics, "
+    "retain-full-dates, retain-modified-dates, clean-descriptors, clean-structured-content, "
+    "clean-graphics, clean-pixel-data).\n\n"
+    "A folder's tree is mirrored under OUT. UIDs, date shifts and pseudonyms come from a key "
+    "(--key-file, else deid.key in the data folder, created once): the same key gives the same "
+    "output, batch after batch. Objects flagged Burned In Annotation YES that no --pixel-rules "
+    "rule cleans are refused.\n\n"
+    "Exits 1 if any DICOM file was refused (malformed, or not safe to pass)."
+)
+def deid(
+    source: Annotated[list[Path], typer.Argument(help="Input files or folders, then OUT.", exists=True)],
+    target: Annotated[Path, typer.Argument(help="Output file or folder.")],
+    option: Annotated[
+        list[str] | None, typer.Option("--option", "-o", help="An option of PS3.15 E.3 (repeatable).")
+    ] = None,
+    key_file: Annotated[
+        Path | None, typer.Option("--key-file", help="Secret key (hex); created if missing.")
+    ] = None,
+    pseudonyms: Annotated[
+        Path | None, typer.Option("--pseudonyms", help="CSV (id,pseudonym) or TOML [patients] table.")
+    ] = None,
+    pixel_rules: Annotated[
+        Path | None, typer.Option("--pixel-rules", help="TOML [[rule]]s of burned-in rectangles.")
+    ] = None,
+    safe_private: Annotated[
+        Path | None, typer.Option("--safe-private", help="TOML [[safe]] private attributes to add.")
+    ] = None,
+    allow_burned_in: Annotated[
+        bool, typer.Option("--allow-burned-in", help="Pass Burned In Annotation YES objects no rule cleans.")
+    ] = False,
+    config: ConfigOpt = None,
+    verbose: FilesVerboseOpt = 0,
+) -> None:
+    from pacsnode.cli.deid import run_deid
+    from pacsnode.deid import DeidConfig, OptionError, parse_options
+    from pacsnode.deid.pixels import PixelRuleError, load_rules
+    from pacsnode.deid.pseudonyms import PseudonymError, load_table
+    from pacsnode.deid.safe_private import SAFE_PRIVATE, SafeListError, load_safe_list
+    from pacsnode.deid.uids import KeyFileError, load_or_create_key
+
+    _setup_logging(max(verbose - 1, 0))
+    try:
+        options = parse_options(option or [])
+        key = load_or_create_key(key_file or _settings(config).node.data / "deid.key")
+        deid_config = DeidConfig(
+            key=key,
+            options=options,
+            pseudonyms=load_table(pseudonyms) if pseudonyms else {},
+            pixel_rules=load_rules(pixel_rules) if pixel_rules else (),
+            allow_burned_in=allow_burned_in,
+            safe_private=SAFE_PRIVATE | load_safe_list(safe_private) if safe_private else SAFE_PRIVATE,
+        )
+        summary = run_deid(source, target, deid_config, console=err, verbose=verbose)
+    except (OptionError, KeyFileError, PseudonymError, PixelRuleError, SafeListError) as exc:
+        raise _fail(str(exc)) from None
+    except OSError as exc:
+        raise _fail(f"{exc.filename or ''}: {exc.strerror or exc}") from None
+    except KeyboardInterrupt:
+        err.print("interrupted", highlight=False)
+        raise typer.Exit(130) from None
+    raise typer.Exit(1 if summary.refused else 0)
+
+
 def _qr_exit(run: Callable[[], bool]) -> NoReturn:
     """Run a find/move/get and exit with its code (130 on Ctrl-C)."""
     try:
@@ -432,6 +535,11 @@ def find(
     dimse_timeout: DimseTimeoutOpt = None,
     max_pdu: MaxPduOpt = 262_144,
     verbose: QRVerboseOpt = 0,
+    tls: TlsOpt = False,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+    tls_ca: TlsCaOpt = None,
+    tls_no_verify: TlsNoVerifyOpt = False,
 ) -> None:
     from pacsnode.cli.qr import run_find
 
@@ -440,6 +548,7 @@ def find(
     options, requests = _qr_setup(
         host, port, (aet, aec), (patient, study), keys, query_files, network, default_keys=True
     )
+    options.tls = _tls(tls, tls_cert, tls_key, tls_ca, tls_no_verify)
 
     def run() -> bool:
         return run_find(
@@ -503,6 +612,11 @@ def move(
         typer.Option("--od", "--output-dir", "-od", help="With --port: folder to write the instances to."),
     ] = Path("."),
     verbose: QRVerboseOpt = 0,
+    tls: TlsOpt = False,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+    tls_ca: TlsCaOpt = None,
+    tls_no_verify: TlsNoVerifyOpt = False,
 ) -> None:
     from pacsnode.cli.qr import run_move
 
@@ -516,6 +630,7 @@ def move(
         move_destination = aet  # PS3.4 C.4.2.1.3: the receiver is us
     network = (timeout, acse_timeout, dimse_timeout, max_pdu)
     options, requests = _qr_setup(host, port, (aet, aec), (patient, study), keys, query_files, network)
+    options.tls = _tls(tls, tls_cert, tls_key, tls_ca, tls_no_verify)
     if store_port is not None:
         try:
             output_dir.mkdir(parents=True, exist_ok=True)
@@ -573,6 +688,11 @@ def get(
     dimse_timeout: DimseTimeoutOpt = None,
     max_pdu: MaxPduOpt = 262_144,
     verbose: QRVerboseOpt = 0,
+    tls: TlsOpt = False,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+    tls_ca: TlsCaOpt = None,
+    tls_no_verify: TlsNoVerifyOpt = False,
 ) -> None:
     from pacsnode.cli.qr import run_get
     from pacsnode.data.uids import is_valid_uid
@@ -583,6 +703,7 @@ def get(
             raise typer.BadParameter(f"{ts!r} is not a transfer syntax UID", param_hint="'--accept-ts'")
     network = (timeout, acse_timeout, dimse_timeout, max_pdu)
     options, requests = _qr_setup(host, port, (aet, aec), (patient, study), keys, query_files, network)
+    options.tls = _tls(tls, tls_cert, tls_key, tls_ca, tls_no_verify)
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -733,6 +854,7 @@ def _mpps(
     aet: str,
     aec: str,
     timeout: float,
+    tls: SSLContext | None = None,
 ) -> None:
     from pacsnode.cli.mpps import read_attributes, send
     from pacsnode.net.client import AssociationError
@@ -752,6 +874,7 @@ def _mpps(
                 calling=aet,
                 called=aec,
                 timeout=timeout,
+                tls=tls,
             )
         )
     except (AssociationError, OSError, TimeoutError) as exc:
@@ -771,9 +894,15 @@ def mpps_create(
     aet: MppsAet = "PACSNODE",
     aec: MppsAec = "ANY-SCP",
     timeout: MppsTimeout = 30.0,
+    tls: TlsOpt = False,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+    tls_ca: TlsCaOpt = None,
+    tls_no_verify: TlsNoVerifyOpt = False,
 ) -> None:
     """N-CREATE a performed procedure step (status IN PROGRESS); prints its SOP Instance UID."""
-    _mpps("create", host, port, uid, attributes, aet, aec, timeout)
+    context = _tls(tls, tls_cert, tls_key, tls_ca, tls_no_verify)
+    _mpps("create", host, port, uid, attributes, aet, aec, timeout, context)
 
 
 @mpps_app.command("set")
@@ -787,9 +916,15 @@ def mpps_set(
     aet: MppsAet = "PACSNODE",
     aec: MppsAec = "ANY-SCP",
     timeout: MppsTimeout = 30.0,
+    tls: TlsOpt = False,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+    tls_ca: TlsCaOpt = None,
+    tls_no_verify: TlsNoVerifyOpt = False,
 ) -> None:
     """N-SET a performed procedure step (e.g. to COMPLETED with its end date and time)."""
-    _mpps("set", host, port, uid, attributes, aet, aec, timeout)
+    context = _tls(tls, tls_cert, tls_key, tls_ca, tls_no_verify)
+    _mpps("set", host, port, uid, attributes, aet, aec, timeout, context)
 
 
 @app.command(
@@ -830,6 +965,11 @@ def commit(
         str | None, typer.Option("--transaction-uid", help="Transaction UID (default: a new one).")
     ] = None,
     verbose: FilesVerboseOpt = 0,
+    tls: TlsOpt = False,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+    tls_ca: TlsCaOpt = None,
+    tls_no_verify: TlsNoVerifyOpt = False,
 ) -> None:
     from pacsnode.archive.commitment import Reference
     from pacsnode.cli.commit import CommitFailed, CommitOptions, request_commitment
@@ -852,6 +992,7 @@ def commit(
         listen_host=listen_host,
         listen_port=listen_port,
         release_at_once=release,
+        tls=_tls(tls, tls_cert, tls_key, tls_ca, tls_no_verify),
     )
     try:
         outcome = run_loop(request_commitment(references, options, transaction_uid))
@@ -883,6 +1024,10 @@ def describe_failure(reason: int) -> str:
 
     return describe(reason)
 
+
+from pacsnode.cli.auth import auth_app  # noqa: E402  # the sub-app is built with the others
+
+app.add_typer(auth_app, name="auth")
 
 viewer_app = typer.Typer(
     help="The OHIF web viewer, served by `pacsnode serve` at / beside its DICOMweb.",

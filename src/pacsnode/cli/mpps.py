@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from ssl import SSLContext
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -41,6 +42,7 @@ async def send(
     calling: str,
     called: str,
     timeout: float,
+    tls: SSLContext | None = None,
 ) -> tuple[int, str, str]:
     """One N-CREATE or N-SET on a new association: (status, its description, instance UID)."""
     context = ProposedContext(MPPS_SOP_CLASS, _SYNTAXES)
@@ -53,6 +55,7 @@ async def send(
         connect_timeout=timeout,
         acse_timeout=timeout,
         dimse_timeout=timeout,
+        ssl=tls,
     ) as assoc:
         if operation == "create":
             uid = uid or generate_uid(prefix=f"{IMPLEMENTATION_CLASS_UID}.")

@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from ssl import SSLContext
 from typing import Any, TypeVar
 
 from pydicom import dcmread
@@ -80,6 +81,7 @@ class QROptions:
     acse_timeout: float = 30.0
     dimse_timeout: float | None = None
     max_pdu: int = 262_144
+    tls: SSLContext | None = None  # DICOM over TLS (PS3.15 B.9) with this client context
 
     def sop_class(self, operation: str) -> str:
         """The SOP class UID of `operation` ("find", "move", "get") in the chosen model."""
@@ -100,6 +102,7 @@ class QROptions:
             acse_timeout=self.acse_timeout,
             dimse_timeout=self.dimse_timeout,
             handlers=dict(handlers or {}),
+            ssl=self.tls,
         )
 
 

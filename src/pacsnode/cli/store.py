@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from ssl import SSLContext
 from typing import BinaryIO
 
 from rich.console import Console
@@ -235,6 +236,7 @@ class StoreOptions:
     dimse_timeout: float | None = None
     max_pdu: int = 262_144
     convert: bool = True
+    tls: SSLContext | None = None  # DICOM over TLS (PS3.15 B.9) with this client context
 
 
 class _AssociationLost(Exception):
@@ -370,6 +372,7 @@ async def send_all(
                         connect_timeout=options.connect_timeout,
                         acse_timeout=options.acse_timeout,
                         dimse_timeout=options.dimse_timeout,
+                        ssl=options.tls,
                     )
                 except AssociationError as exc:
                     fatal = str(exc)  # the peer will not have us: the rest cannot go either

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
+import os
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +19,23 @@ class WorklistClientError(Exception):
     """The node refused or could not be reached; the message says why."""
 
 
+def credentials(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The Authorization header from PACSNODE_TOKEN (Bearer), or PACSNODE_USER and PACSNODE_PASSWORD (Basic).
+
+    None set: no header (the node then answers only from loopback, with its loopback roles).
+    """
+    env = os.environ if environ is None else environ
+    if env.get("PACSNODE_TOKEN"):
+        return {"Authorization": f"Bearer {env['PACSNODE_TOKEN']}"}
+    if env.get("PACSNODE_USER"):
+        pair = f"{env['PACSNODE_USER']}:{env.get('PACSNODE_PASSWORD', '')}".encode()
+        return {"Authorization": "Basic " + base64.b64encode(pair).decode("ascii")}
+    return {}
+
+
 def _request(url: str, method: str = "GET", body: bytes | None = None, content_type: str = "") -> Any:
     headers = {"Content-Type": content_type} if content_type else {}
+    headers.update(credentials())
     req = urllib.request.Request(url, data=body, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=30) as answer:
@@ -26,6 +44,8 @@ def _request(url: str, method: str = "GET", body: bytes | None = None, content_t
         detail = exc.read().decode(errors="replace")
         with contextlib.suppress(ValueError, AttributeError):  # FastAPI's {"detail": ...}, or text
             detail = json.loads(detail).get("detail", detail)
+        if exc.code in (401, 403):
+            detail = f"{detail} (set PACSNODE_TOKEN, or PACSNODE_USER and PACSNODE_PASSWORD)"
         raise WorklistClientError(f"{method} {url}: {exc.code} {detail}") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)

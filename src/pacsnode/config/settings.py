@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -85,6 +86,13 @@ class NodeSettings(BaseModel):
             raise ValueError("[node] tls_port needs tls_cert and tls_key")
         if self.tls_port is not None and self.tls_require_client_cert and self.tls_ca is None:
             raise ValueError("[node] tls_require_client_cert needs tls_ca (the CAs of the peers)")
+        # DICOM over TLS only, on one port: plain_dicom = false and tls_port = dicom_port.
+        if not self.plain_dicom and self.tls_port is None:
+            raise ValueError("[node] plain_dicom = false needs tls_port (else nothing listens for DICOM)")
+        if self.plain_dicom and self.tls_port and self.tls_port == self.dicom_port:
+            raise ValueError(
+                "[node] tls_port is dicom_port: set plain_dicom = false to serve only TLS on that port"
+            )
         return self
 
     # Fix (tests/net): validated on the field, so that an error names [node] aet and
@@ -237,6 +245,10 @@ class WebSettings(BaseModel):
     max_results: int = Field(default=1000, ge=1)
     # The OHIF viewer's prebuilt dist/ folder; empty: <data>/viewer when it exists.
     viewer: Path | None = None
+    # HTTPS (PS3.18 8.1, BCP 195) on http_port with [node] tls_cert and tls_key, instead of HTTP.
+    tls: bool = False
+    # HTTPS clients must present a certificate issued by [node] tls_ca (else none is asked for).
+    tls_require_client_cert: bool = False
 
     @field_validator("base_path")
     @classmethod
@@ -278,14 +290,29 @@ class UserSettings(BaseModel):
     password_hash: str
     roles: list[Role] = Field(default_factory=_read_role)
 
+    @field_validator("password_hash")
+    @classmethod
+    def _scrypt(cls, value: str) -> str:
+        if not re.fullmatch(r"scrypt\$[0-9]+\$[0-9]+\$[0-9]+\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+", value):
+            raise ValueError("not a password hash: paste the output of `pacsnode auth hash-password`")
+        return value
+
 
 class TokenSettings(BaseModel):
     """One ``[auth.tokens.NAME]`` table: an API token (sent as ``Authorization: Bearer``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    token_hash: str  # SHA-256 (hex) of the token: the file never holds the token itself
+    # SHA-256 (hex) of the token (`pacsnode auth new-token`): the file never holds the token itself.
+    token_hash: str
     roles: list[Role] = Field(default_factory=_read_role)
+
+    @field_validator("token_hash")
+    @classmethod
+    def _sha256(cls, value: str) -> str:
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+            raise ValueError("not a SHA-256 in hex: paste the token_hash of `pacsnode auth new-token`")
+        return value.lower()
 
 
 class AuthSettings(BaseModel):
@@ -305,6 +332,12 @@ class AuthSettings(BaseModel):
     # PS3.7 D.3.3.7 User Identity Negotiation on DICOM associations: ignored ("off"),
     # checked when sent ("optional"), or needed from every peer ("required").
     dimse_user_identity: Literal["off", "optional", "required"] = "off"
+
+    @model_validator(mode="after")
+    def _oidc_keys(self) -> AuthSettings:
+        if self.oidc_issuer and not self.oidc_jwks:
+            raise ValueError("[auth] oidc_issuer needs oidc_jwks (the issuer's JWKS URL or file)")
+        return self
 
 
 class AuditSettings(BaseModel):
@@ -350,6 +383,14 @@ class Settings(BaseModel):
     @classmethod
     def _peer_titles(cls, value: dict[str, PeerSettings]) -> dict[str, PeerSettings]:
         return {_check_ae_title(title): peer for title, peer in value.items()}
+
+    @model_validator(mode="after")
+    def _https_files(self) -> Settings:
+        if self.web.tls and (self.node.tls_cert is None or self.node.tls_key is None):
+            raise ValueError("[web] tls needs [node] tls_cert and tls_key")
+        if self.web.tls and self.web.tls_require_client_cert and self.node.tls_ca is None:
+            raise ValueError("[web] tls_require_client_cert needs [node] tls_ca")
+        return self
 
     @model_validator(mode="after")
     def _subscribers_are_peers(self) -> Settings:

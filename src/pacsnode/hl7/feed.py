@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Literal
 
-from pacsnode.archive.orders import UnknownOrder, apply_changes
+from pacsnode.archive.orders import Action, UnknownOrder, apply_changes
 from pacsnode.archive.patients import PatientRecords
-from pacsnode.archive.worklist import Worklist
+from pacsnode.archive.worklist import CANCELED, Worklist
+from pacsnode.audit.builders import Actor, host_of, node_actor, order_record, patient_record
 from pacsnode.config.settings import Hl7Settings
 from pacsnode.hl7.ack import acknowledge, reject
+from pacsnode.hl7.datatypes import xpn
 from pacsnode.hl7.message import (
     ACCEPT,
     APPLICATION_INTERNAL_ERROR,
@@ -27,8 +30,9 @@ from pacsnode.hl7.message import (
     read_header,
     value,
 )
-from pacsnode.hl7.orders import order_changes
+from pacsnode.hl7.orders import DISCONTINUED, order_changes
 from pacsnode.hl7.patients import patient_merges, patient_update
+from pacsnode.security.events import AuditSink, NullAuditSink, Outcome
 
 log = logging.getLogger("pacsnode.hl7")
 
@@ -38,6 +42,13 @@ SUPPORTED = {"ORM": ("O01",), "OMI": ("O23",), "ADT": ("A08", "A40")}
 VERSIONS = frozenset(
     ("2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8", "2.8.1", "2.8.2", "2.9")
 )
+
+
+# PS3.15 A.5.3.13 EventActionCode of a worklist change: a new step is created, new content
+# updates one; a status change that ends a step (cancelled, discontinued) deletes it from the
+# worklist, any other updates it.
+_ORDER_ACTIONS: dict[Action, Literal["C", "U"]] = {Action.SCHEDULE: "C", Action.REPLACE: "U"}
+_ENDED = (CANCELED, DISCONTINUED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,14 +63,24 @@ class Reply:
 class Hl7Feed:
     """Orders into the worklist, patient updates and merges into the index; blocking, one at a time."""
 
-    def __init__(self, settings: Hl7Settings, worklist: Worklist, patients: PatientRecords, aet: str) -> None:
+    def __init__(
+        self,
+        settings: Hl7Settings,
+        worklist: Worklist,
+        patients: PatientRecords,
+        aet: str,
+        audit: AuditSink | None = None,
+        node: Actor | None = None,
+    ) -> None:
         self.settings = settings
         self.worklist = worklist
         self.patients = patients
         self.aet = aet
+        self.audit: AuditSink = audit if audit is not None else NullAuditSink()
+        self.node = node if node is not None else node_actor(aet)
 
-    def handle(self, payload: bytes) -> Reply:
-        """Process one message; any failure becomes an AE or AR acknowledgement, never an exception."""
+    def handle(self, payload: bytes, peer: str = "") -> Reply:
+        """Process one message from ``peer`` ("host:port"); a failure becomes AE or AR, never an exception."""
         try:
             received = read(payload)
         except Hl7Error as exc:
@@ -75,6 +96,10 @@ class Hl7Feed:
             log.exception("HL7 %s: processing failed", label)
             error = Hl7Error(ERROR, APPLICATION_INTERNAL_ERROR, f"processing failed: {type(exc).__name__}")
             outcome = error.text
+        try:
+            self._audit(received, peer, error)
+        except Exception:  # the audit must never cost the acknowledgement
+            log.exception("HL7 %s: audit failed", label)
         code = error.ack if error is not None else ACCEPT
         header = received.header
         text = acknowledge(
@@ -177,6 +202,71 @@ class Hl7Feed:
                 else f"patient {merge.prior.patient_id!r} is not in the index: nothing to merge"
             )
         return "; ".join(lines)
+
+    def _audit(self, received: Received, peer: str, error: Hl7Error | None) -> None:
+        """PS3.15 A.5.3.13 Order Record per worklist change, A.5.3.14 Patient Record per patient changed."""
+        if received.trigger not in SUPPORTED.get(received.message_type, ()):
+            return  # not an order or a patient update: nothing in the archive was asked for
+        header = received.header
+        facility = "|".join(v for v in (value(header, 3), value(header, 4)) if v)
+        sender = Actor(facility or host_of(peer), host_of(peer))  # HL7 sending application|facility
+        outcome = Outcome.MINOR_FAILURE if error is not None else Outcome.SUCCESS
+        why = error.text if error is not None else ""
+        try:
+            pid = received.message.segment("PID")
+            patient = (value(pid, 3, 1), xpn(pid, 5)[:324])
+        except Exception:  # no PID (an A40 has its own), or one that cannot be read
+            patient = ("", "")
+        events = []
+        try:
+            if received.message_type in ("ORM", "OMI"):
+                for change in order_changes(received):
+                    ds = change.dataset
+                    subject = (
+                        (str(ds.get("PatientID", "")), str(ds.get("PatientName", ""))) if ds else patient
+                    )
+                    events.append(
+                        order_record(
+                            _ORDER_ACTIONS.get(change.action) or ("D" if change.status in _ENDED else "U"),
+                            sender,
+                            self.node,
+                            *subject,
+                            accession_number=change.accession_number,
+                            outcome=outcome,
+                            description=why,
+                        )
+                    )
+            elif received.trigger == "A08":
+                update = patient_update(received)
+                name = update.values.get("PatientName", patient[1])
+                events.append(
+                    patient_record(
+                        "U", sender, self.node, update.key.patient_id, name, outcome=outcome, description=why
+                    )
+                )
+            else:
+                for merge in patient_merges(received):
+                    events.append(
+                        patient_record(
+                            "U",
+                            sender,
+                            self.node,
+                            merge.surviving.patient_id,
+                            outcome=outcome,
+                            description=why,
+                        )
+                    )
+                    events.append(
+                        patient_record(
+                            "D", sender, self.node, merge.prior.patient_id, outcome=outcome, description=why
+                        )
+                    )
+        except Exception:
+            # The message could not be read as far as its changes: one event for it, failed.
+            build = order_record if received.message_type in ("ORM", "OMI") else patient_record
+            events = [build("U", sender, self.node, *patient, outcome=Outcome.MINOR_FAILURE, description=why)]
+        for event in events:
+            self.audit.emit(event)
 
     def _orders(self, received: Received) -> str:
         changes = order_changes(received)

@@ -155,6 +155,9 @@ def read(payload: bytes) -> Received:
         ) from None
     except Exception as exc:
         raise Hl7Error(REJECT, SEGMENT_SEQUENCE_ERROR, f"not an HL7 v2 message: {exc}", "MSH") from None
+    if "\0" in decoded:
+        # Fix (tests/security): text holds no NUL; PostgreSQL refused it mid-processing (AE, a traceback).
+        raise Hl7Error(REJECT, DATA_TYPE_ERROR, "the message contains a NUL character", "MSH")
     return Received(
         message=message,
         charset=charset,

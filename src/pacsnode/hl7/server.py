@@ -11,9 +11,11 @@ from dataclasses import dataclass
 
 from pacsnode.archive.ingest import Archive
 from pacsnode.archive.patients import PatientRecords
+from pacsnode.audit.builders import node_actor
 from pacsnode.config.settings import Settings
 from pacsnode.hl7.feed import Hl7Feed, Reply
 from pacsnode.hl7.mllp import Frame, Junk, MllpDecoder, Oversize, frame
+from pacsnode.security.events import AuditSink
 
 log = logging.getLogger("pacsnode.hl7")
 
@@ -36,10 +38,13 @@ class Hl7Server:
     on a thread of their own; the event loop only frames and answers.
     """
 
-    def __init__(self, settings: Settings, archive: Archive) -> None:
+    def __init__(self, settings: Settings, archive: Archive, *, audit: AuditSink | None = None) -> None:
         self.settings = settings
         self.config = settings.hl7
-        self.feed = Hl7Feed(self.config, archive.worklist, PatientRecords(archive), settings.node.aet)
+        node = node_actor(settings.node.aet, settings.node.host)
+        self.feed = Hl7Feed(
+            self.config, archive.worklist, PatientRecords(archive), settings.node.aet, audit, node
+        )
         self.host = self.config.host or settings.node.host
         self.port = 0
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pacsnode-hl7")
@@ -109,7 +114,9 @@ class Hl7Server:
                 if isinstance(event, Frame):
                     conn.busy = True
                     try:
-                        reply = await loop.run_in_executor(self._pool, self.feed.handle, event.payload)
+                        reply = await loop.run_in_executor(
+                            self._pool, self.feed.handle, event.payload, conn.peer
+                        )
                         await self._answer(conn, writer, reply)
                     finally:
                         conn.busy = False

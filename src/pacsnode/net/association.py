@@ -341,7 +341,9 @@ class AssociationProtocol(asyncio.Protocol):
         handler = self.handlers.get(context.abstract_syntax)
         if cmd.has_dataset:
             sink: DataSetSink | None = None
-            if handler is not None:
+            if not self.permits(cmd, context):
+                sink = _DiscardSink()  # refused in _run: the data set is not kept
+            elif handler is not None:
                 sink = handler.sink_for(cmd, context, self.negotiated)
             self._receiving = (cmd, context, sink or MemorySink(self.in_memory_limit))
             return
@@ -382,9 +384,22 @@ class AssociationProtocol(asyncio.Protocol):
         else:
             self._run(request)
 
+    def permits(self, command: Command, context: NegotiatedContext) -> bool:
+        """Whether the peer may make this request (access control, PS3.15 B.1); cheap, no side effect."""
+        return True
+
+    def refused(self, request: DimseRequest) -> str:
+        """Record a request ``permits`` refused; the Error Comment of its 0124H answer."""
+        return "not authorized"
+
     def _run(self, request: DimseRequest) -> None:
         handler = self.handlers.get(request.context.abstract_syntax)
         responder = _Responder(self, request.context.context_id, request.command.message_id or 0)
+        if not self.permits(request.command, request.context):
+            # PS3.7 C.5.3 (0124H Refused: Not authorized); the association goes on.
+            comment = self.refused(request)
+            responder.send(_failure(request.command, Status.NOT_AUTHORIZED, comment))
+            return
         if handler is None:
             # PS3.7 Annex C (0122H SOP Class Not Supported): negotiated, but nothing serves it.
             responder.send(response_to(request.command, Status.SOP_CLASS_NOT_SUPPORTED))
@@ -518,6 +533,19 @@ class AssociationProtocol(asyncio.Protocol):
             )
             return
         queue.put_nowait((cmd, dataset))
+
+
+class _DiscardSink:
+    """The data set of a refused request: read off the wire and dropped."""
+
+    def write(self, fragment: bytes) -> None:
+        pass
+
+    def finish(self) -> bytes | None:
+        return None
+
+    def discard(self) -> None:
+        pass
 
 
 def _failure(request: Command, status: int, comment: str) -> Command:

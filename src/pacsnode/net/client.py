@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl as _ssl
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from pacsnode.dimse.messages import (
 )
 from pacsnode.dimse.status import StatusCategory, category
 from pacsnode.net.association import AssociationClosed, AssociationProtocol
+from pacsnode.security.tls import HandshakeFailure, describe_handshake_error
 from pacsnode.services.base import ServiceHandler
 from pacsnode.ul.connection import (
     Aborted,
@@ -63,6 +65,14 @@ class AssociationError(Exception):
 
 class ConnectionFailed(AssociationError):
     """No transport connection to the peer (refused, unreachable, timed out)."""
+
+
+class TlsHandshakeError(ConnectionFailed):
+    """The TLS handshake with the peer failed (PS3.15 B.9): the message says why."""
+
+    def __init__(self, message: str, failure: HandshakeFailure | None = None) -> None:
+        super().__init__(message)
+        self.failure = failure
 
 
 class AssociationRejectedError(AssociationError):
@@ -246,6 +256,12 @@ class RequestorProtocol(AssociationProtocol):
                 fut.set_exception(AssociationAbortedError(text))
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if isinstance(exc, _ssl.SSLError):
+            # TLS 1.3: a server that refuses our certificate says so after our handshake is over.
+            text = f"connection closed by peer: TLS: {describe_handshake_error(exc).reason}"
+            for fut in (self.associated, self.released):
+                if not fut.done():
+                    fut.set_exception(AssociationAbortedError(text))
         super().connection_lost(exc)
         for fut in (self.associated, self.released):
             if not fut.done():
@@ -603,6 +619,8 @@ async def associate(
     user_identity: UserIdentityRQ | None = None,
     extended_negotiation: Mapping[str, bytes] | None = None,
     handlers: Mapping[str, ServiceHandler] | None = None,
+    ssl: _ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
 ) -> AsyncIterator[Association]:
     """Open an association, yield it, and release it on exit (abort on error)."""
     assoc = await open_association(
@@ -618,6 +636,8 @@ async def associate(
         user_identity=user_identity,
         extended_negotiation=extended_negotiation,
         handlers=handlers,
+        ssl=ssl,
+        server_hostname=server_hostname,
     )
     try:
         yield assoc
@@ -641,8 +661,15 @@ async def open_association(
     user_identity: UserIdentityRQ | None = None,
     extended_negotiation: Mapping[str, bytes] | None = None,
     handlers: Mapping[str, ServiceHandler] | None = None,
+    ssl: _ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
 ) -> Association:
-    """Connect and negotiate; the caller must ``release()`` or ``abort()`` the result."""
+    """Connect and negotiate; the caller must ``release()`` or ``abort()`` the result.
+
+    ``ssl``: DICOM over TLS (PS3.15 B.9) with this client context (`pacsnode.security.tls`);
+    the server certificate is checked against ``server_hostname`` (default ``host``) when the
+    context checks host names. A failed handshake raises `TlsHandshakeError` saying why.
+    """
     rq = build_request(
         called_ae_title,
         calling_ae_title,
@@ -657,10 +684,18 @@ async def open_association(
     proto = RequestorProtocol(
         rq, handlers=handlers or {}, max_pdu_length=max_pdu_length, artim_timeout=acse_timeout
     )
+    tls: dict[str, Any] = {}
+    if ssl is not None:
+        tls = {"ssl": ssl, "server_hostname": server_hostname or host}
+        tls["ssl_handshake_timeout"] = connect_timeout
     try:
-        await asyncio.wait_for(loop.create_connection(lambda: proto, host, port), connect_timeout)
+        await asyncio.wait_for(loop.create_connection(lambda: proto, host, port, **tls), connect_timeout)
     except TimeoutError:
         raise ConnectionFailed(f"cannot connect to {host}:{port}: timed out") from None
+    except _ssl.SSLError as exc:
+        failure = describe_handshake_error(exc, connect_timeout)
+        text = f"TLS handshake with {host}:{port} failed: {failure.reason}"
+        raise TlsHandshakeError(text, failure) from None
     except OSError as exc:
         raise ConnectionFailed(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
     try:
@@ -668,6 +703,15 @@ async def open_association(
     except TimeoutError:
         proto.abort()
         raise AssociationError(f"no answer to A-ASSOCIATE-RQ within {acse_timeout} s") from None
+    except AssociationAbortedError as exc:
+        await proto.closed
+        if ssl is None or "TLS" in str(exc) or str(exc).startswith("aborted by peer"):
+            raise
+        # Closed with no PDU and no TLS alert (Python's TLS servers send none): most likely the
+        # peer refused our certificate, or wanted one, once its side of the handshake ended.
+        raise AssociationAbortedError(
+            f"{exc} right after the TLS handshake: the peer may want a client certificate, or refuse ours"
+        ) from None
     except AssociationError:
         await proto.closed
         raise
@@ -688,6 +732,7 @@ __all__ = [
     "NoAcceptedContext",
     "RetrieveProgress",
     "StoreResponse",
+    "TlsHandshakeError",
     "associate",
     "get_contexts",
     "open_association",

@@ -64,6 +64,8 @@ class Participant:
     user_name: str = ""
     network_access_point: str = ""  # an address or host name
     network_access_point_type: int = 2  # 1 machine name, 2 IP address
+    # MediaIdentifier's MediaType (PS3.16 CID 405), for a "Source Media" or "Destination Media".
+    media_type: tuple[str, str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +84,10 @@ class ParticipantObject:
     detail: tuple[tuple[str, bytes], ...] = ()  # ParticipantObjectDetail (type, value)
     # For a study: the SOP classes of its instances involved, with how many of each.
     sop_classes: tuple[tuple[str, int], ...] = ()
-    description: str = ""  # ParticipantObjectDescription
+    description: str = ""  # free text (a ParticipantObjectDetail "Description": the schema's
+    # ParticipantObjectDescription holds only the DICOM items below and sop_classes)
+    accession_numbers: tuple[str, ...] = ()  # ParticipantObjectDescription Accession
+    mpps_uids: tuple[str, ...] = ()  # ParticipantObjectDescription MPPS
     data_life_cycle: int | None = None  # ParticipantObjectDataLifeCycle (e.g. 14 permanent erasure)
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from ssl import SSLContext
+from typing import Protocol, TypeVar, runtime_checkable
 
 from pacsnode.dimse.commands import Command
 from pacsnode.ul.negotiation import Negotiated, NegotiatedContext, ProposedContext, SOPClassSupport
@@ -75,6 +76,14 @@ class ServiceHandler(Protocol):
         """A sink for the request's data set, or None to receive it in memory."""
 
 
+@runtime_checkable
+class AssociationListener(Protocol):
+    """A handler that is told when an association it served has ended (released, aborted, lost)."""
+
+    def association_ended(self, association: Negotiated) -> None:
+        """The association is over; never raises."""
+
+
 AssociationT_co = TypeVar("AssociationT_co", covariant=True)
 
 
@@ -92,8 +101,9 @@ class AssociationOpener(Protocol[AssociationT_co]):
         connect_timeout: float,
         acse_timeout: float,
         dimse_timeout: float | None,
+        ssl: SSLContext | None = None,
     ) -> Awaitable[AssociationT_co]:
-        """Connect and negotiate."""
+        """Connect and negotiate (over TLS with ``ssl``, PS3.15 B.9)."""
 
 
 class InMemoryDataSets:

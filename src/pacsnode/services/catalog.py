@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from pacsnode.archive.commitment import Reference, Verdict, verify
 from pacsnode.archive.ingest import Archive
 from pacsnode.config.settings import Settings
+from pacsnode.security.events import AuditSink
 from pacsnode.services.base import ServiceRegistry
 from pacsnode.services.commitment import ReportConnector, storage_commitment_service
 from pacsnode.services.ian import ian_service
@@ -25,6 +26,7 @@ def default_registry(
     connector: Connector | None = None,
     mpps_connector: MppsConnector | None = None,
     commitment_connector: ReportConnector | None = None,
+    audit: AuditSink | None = None,
 ) -> ServiceRegistry:
     """Every service class this node offers with these settings.
 
@@ -32,16 +34,17 @@ def default_registry(
     ``describe_storage`` lists them without one, for the conformance statement of
     a node that is not running.  ``connector`` opens C-MOVE sub-associations,
     ``mpps_connector`` the associations that forward MPPS, ``commitment_connector``
-    those that carry Storage Commitment reports.
+    those that carry Storage Commitment reports; the services report to ``audit`` (PS3.15 A.5).
     """
     registry = ServiceRegistry()
     registry.register(verification_service())
     if archive is not None or describe_storage:
-        registry.register(storage_service(archive, settings.storage.private_sop_classes))
-        registry.extend(query_retrieve_services(archive, settings, connector))
-        registry.register(worklist_service(archive.worklist if archive is not None else None, settings))
+        registry.register(storage_service(archive, settings.storage.private_sop_classes, audit))
+        registry.extend(query_retrieve_services(archive, settings, connector, audit))
+        worklist = archive.worklist if archive is not None else None
+        registry.register(worklist_service(worklist, settings, audit))
         steps = archive.performed_steps if archive is not None else None
-        registry.register(mpps_service(steps, settings, mpps_connector))
+        registry.register(mpps_service(steps, settings, mpps_connector, audit))
         registry.register(ian_service(settings))  # SCU only: sent by the node's notifier
         registry.register(
             storage_commitment_service(

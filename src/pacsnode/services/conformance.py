@@ -46,6 +46,28 @@ _SETTING_HELP: dict[tuple[str, str], str] = {
     ("network", "require_called_aet"): "Reject associations whose Called AE Title is not the node's.",
     ("network", "allowed_calling_aets"): "Calling AE Titles accepted (unset: any).",
     ("network", "transfer_syntax_preference"): "Transfer syntax UIDs the acceptor prefers, in order.",
+    # PS3.15 B.9 (BCP 195): DICOM over TLS, and HTTPS.
+    ("node", "plain_dicom"): "Listen for unencrypted DICOM on dicom_port (false: TLS only).",
+    ("node", "tls_port"): "TCP port of the DICOM over TLS listener (unset: none; 0: chosen at start-up).",
+    ("node", "tls_cert"): "PEM certificate (chain) of the node, for DICOM over TLS and HTTPS.",
+    ("node", "tls_key"): "PEM private key of tls_cert.",
+    ("node", "tls_ca"): "PEM CA certificates peers' certificates must chain to.",
+    ("node", "tls_require_client_cert"): "Refuse a TLS peer without a valid certificate from tls_ca.",
+    ("node", "tls_check_peer_name"): "The peer certificate must name its calling AE title or host.",
+    ("web", "tls"): "Serve HTTPS instead of HTTP on http_port, with tls_cert and tls_key.",
+    ("web", "tls_require_client_cert"): "HTTPS clients must present a certificate from tls_ca.",
+    (
+        "node",
+        "accept_unknown_peers",
+    ): "Accept calling AE titles without a [peers] table (unset: on loopback).",
+    ("auth", "loopback_roles"): "HTTP roles of requests from loopback without credentials.",
+    ("auth", "users"): "HTTP and User Identity users: scrypt password hash and roles.",
+    ("auth", "tokens"): "HTTP API tokens: SHA-256 of the token and roles.",
+    ("auth", "oidc_issuer"): "OpenID Connect issuer whose JWTs are accepted (iss).",
+    ("auth", "oidc_audience"): "Audience (aud) those JWTs must name; empty: not checked.",
+    ("auth", "oidc_jwks"): "The issuer's JWK Set: a URL or a file.",
+    ("auth", "oidc_roles_claim"): "The JWT claim holding the roles (dotted path).",
+    ("auth", "dimse_user_identity"): "User Identity Negotiation (PS3.7 D.3.3.7): off, optional or required.",
 }
 
 _CONFIG_FILE = "pacsnode.toml"
@@ -586,8 +608,11 @@ def _acceptance_policy(doc: _Document, scp_regs: Sequence[ServiceRegistration], 
     aet = _md(settings.node.aet)
     net = settings.network
     doc.section(4, "Association Acceptance Policy")
+    unknown = settings.node.accepts_unknown_peers()
     if net.require_called_aet:
         called = f"must be {aet}; any other Called AE Title is rejected"
+    elif not unknown:
+        called = f"must be {aet} while unknown calling AE titles are refused (access control, below)"
     else:
         called = "is not compared with the node's AE title: any valid AE title is accepted"
     if net.allowed_calling_aets is None:
@@ -608,6 +633,17 @@ def _acceptance_policy(doc: _Document, scp_regs: Sequence[ServiceRegistration], 
                     "is not set)."
                     if net.allowed_calling_aets is None
                     else f"= {_code(_setting_value(net.allowed_calling_aets))})."
+                ),
+                "Access control (PS3.15 B.1): a Calling AE Title with a "
+                f"{_code('[peers.X]')} table is accepted only from that table's host (address, host "
+                f"name resolved at start-up, or network) and, with {_code('tls = true')}, only over TLS; "
+                "a Calling AE Title without one is "
+                + ("accepted" if unknown else "rejected")
+                + f" ({_code('[node] accept_unknown_peers')}"
+                + (
+                    f" = {_setting_value(settings.node.accept_unknown_peers)})."
+                    if settings.node.accept_unknown_peers is not None
+                    else f" is not set: {'loopback' if unknown else 'network'} listen address)."
                 ),
             )
         ),
@@ -644,6 +680,7 @@ def _acceptance_policy(doc: _Document, scp_regs: Sequence[ServiceRegistration], 
                     f"{int(RejectSource.SERVICE_USER)} DICOM UL service-user",
                     f"{int(RejectReason.CALLING_AE_NOT_RECOGNIZED)} calling-AE-title-not-recognized",
                 ),
+                *_access_rows(settings),
                 (
                     "The node is shutting down",
                     f"{int(RejectResult.TRANSIENT)} rejected-transient",
@@ -688,6 +725,51 @@ def _acceptance_policy(doc: _Document, scp_regs: Sequence[ServiceRegistration], 
         doc.add(f"{aet} provides no service as SCP, so it accepts no presentation context.")
     for reg in scp_regs:
         _acceptance_activity(doc, reg, settings)
+
+
+def _access_rows(settings: Settings) -> list[tuple[str, str, str, str]]:
+    """The A-ASSOCIATE-RJ of access control (PS3.15 B.1) and User Identity (PS3.7 D.3.3.7)."""
+    permanent = f"{int(RejectResult.PERMANENT)} rejected-permanent"
+    user = f"{int(RejectSource.SERVICE_USER)} DICOM UL service-user"
+    calling = (
+        "A known AE (`[peers.X]`) calling from outside its host, or with `tls = true` over plain TCP"
+        if settings.node.accepts_unknown_peers()
+        else "A Calling AE Title without a `[peers.X]` table, a known AE calling from outside its host, "
+        "or one with `tls = true` over plain TCP"
+    )
+    rows = []
+    if not settings.node.accepts_unknown_peers():
+        rows.append(
+            (
+                f"Called AE Title not {_md(settings.node.aet)} (access control)",
+                permanent,
+                user,
+                f"{int(RejectReason.CALLED_AE_NOT_RECOGNIZED)} called-AE-title-not-recognized",
+            )
+        )
+    rows.append(
+        (
+            calling,
+            permanent,
+            user,
+            f"{int(RejectReason.CALLING_AE_NOT_RECOGNIZED)} calling-AE-title-not-recognized",
+        )
+    )
+    mode = settings.auth.dimse_user_identity
+    if mode != "off":
+        rows.append(
+            (
+                (
+                    "No user identity, or one that does not check out"
+                    if mode == "required"
+                    else "A user identity that does not check out"
+                ),
+                permanent,
+                user,
+                f"{int(RejectReason.NO_REASON_GIVEN)} no-reason-given",
+            )
+        )
+    return rows
 
 
 def _transfer_syntax_selection(doc: _Document, settings: Settings) -> None:
@@ -823,11 +905,7 @@ def _configuration(doc: _Document, settings: Settings) -> None:
         )
     )
     doc.section(4, "Remote AE Title/Presentation Address Mapping")
-    doc.add(
-        "The node keeps no table of remote AEs at this release: the AE title, host and port of the "
-        "peer are given to each operation that initiates an association. Which remote AEs may "
-        "connect is set by `[network] allowed_calling_aets`."
-    )
+    doc.add(*_remote_aes(settings))
     doc.section(3, "Parameters")
     doc.add(
         f"Settings are read from a TOML file ({_CONFIG_FILE}, or the file named by the "
@@ -838,6 +916,29 @@ def _configuration(doc: _Document, settings: Settings) -> None:
             _settings_rows(settings),
         ),
     )
+
+
+def _remote_aes(settings: Settings) -> list[str]:
+    """PS3.2 Remote AE Title/Presentation Address Mapping: the [peers] tables."""
+    text = (
+        "Remote AEs are `[peers.X]` tables, keyed by AE title: where the AE may call from (an address, "
+        "a host name resolved when the node starts, or a network), the port it listens on (for C-MOVE "
+        "destinations, Storage Commitment reports, MPPS forwarding and notifications), whether "
+        "associations with it use TLS, and the services it may use (see Security)."
+    )
+    if not settings.peers:
+        return [text, "No remote AE is configured."]
+    rows = [
+        (
+            _md(title),
+            _md(peer.host),
+            str(peer.port) if peer.port is not None else "none",
+            _yes(peer.tls),
+            ", ".join(peer.allow) or "none",
+        )
+        for title, peer in settings.peers.items()
+    ]
+    return [text, _table(("AE Title", "Host", "Port", "TLS", "Services it may use"), rows)]
 
 
 def _settings_rows(settings: Settings) -> list[tuple[str, str, str, str]]:
@@ -886,33 +987,178 @@ def _character_sets(doc: _Document, regs: Sequence[ServiceRegistration]) -> None
 
 
 def _security(doc: _Document, settings: Settings) -> None:
-    net = settings.network
     doc.section(1, "Security")
     doc.section(2, "Security Profiles")
-    doc.add(
-        "No security profile of PS3.15 is supported at this release. In particular there is no TLS "
-        "(the Secure Transport Connection Profiles of PS3.15 Annex B): associations are unencrypted "
-        "TCP connections."
-    )
+    doc.add(*_tls_profile(settings))
+    doc.add(*_audit_profile(settings))
     doc.section(2, "Association Level Security")
-    checks = []
-    if net.require_called_aet:
-        checks.append("the Called AE Title must be the node's")
-    if net.allowed_calling_aets is not None:
-        checks.append("the Calling AE Title must be in `[network] allowed_calling_aets`")
-    doc.add(
-        "AE title checking: "
-        + ("; ".join(checks) if checks else "none is configured")
-        + ". AE titles are not authenticated and are no protection against a peer that chooses its title.",
-        "User Identity Negotiation (PS3.7 D.3.3.7): user identity sub-items are accepted but not "
-        "verified; no positive response is returned. The Upper Layer can consult a user identity "
-        "policy, but none is configured in this release.",
-    )
+    doc.add(*_access_control(settings))
     doc.section(2, "Application Level Security")
     doc.add(
-        "None: there is no audit trail (PS3.15 Annex A.5), no access control beyond AE title checking "
-        "and no de-identification. Association events are written to the node's log."
+        "None: there is no de-identification (the audit trail is under Security Profiles). Association "
+        "events are written to the node's log."
     )
+
+
+def _audit_profile(settings: Settings) -> list[str]:
+    """PS3.2 Security Profiles: the Audit Trail Message Format Profile (PS3.15 A.5) and its transport."""
+    audit = settings.audit
+    if not audit.enabled:
+        return [
+            "The Audit Trail Message Format Profile (PS3.15 A.5) is supported but disabled in this "
+            f"configuration ({_code('[audit] enabled = false')}): no audit messages are made."
+        ]
+    events = (
+        "Application Activity (start, stop), Begin Transferring DICOM Instances and DICOM Instances "
+        "Transferred (C-MOVE, C-GET, WADO-RS, WADO-URI: Read; C-STORE, STOW-RS: Create), Query (C-FIND, "
+        "Modality Worklist, QIDO-RS, admin API reads), DICOM Instances Accessed (a series or instance "
+        "deleted), DICOM Study Deleted, Import (pacsnode import), Order Record (worklist items from the "
+        "admin API and HL7 orders), Patient Record (HL7 ADT updates and merges, patient deletion), "
+        "Procedure Record (MPPS N-CREATE, N-SET), Security Alert, User Authentication and Audit Log Used"
+    )
+    if not audit.syslog_host:
+        transport = (
+            f"No collector is configured ({_code('[audit] syslog_host')} is empty): messages are only kept."
+        )
+    else:
+        profile = {
+            "tls": "the Audit Trail Message Transmission Profile - SYSLOG-TLS (PS3.15 A.6, RFC 5425)",
+            "udp": "the Audit Trail Message Transmission Profile - SYSLOG-UDP (PS3.15 A.7, RFC 5426); a "
+            "message larger than one datagram is not sent",
+            "tcp": "syslog over TCP (RFC 6587 octet counting)",
+        }[audit.syslog_transport]
+        transport = (
+            f"They are sent to {_md(audit.syslog_host)}:{audit.syslog_port} with {profile}, as RFC 5424 "
+            "messages (facility authpriv, MSGID IHE+RFC-3881), in order, at least once: while the "
+            "collector cannot be reached they wait in the index and are sent when it can, after a "
+            "restart too."
+        )
+    return [
+        f"The node supports the Audit Trail Message Format Profile (PS3.15 A.5): it reports {events}, "
+        "each as a DICOM audit message that validates against the schema of PS3.15 A.5.1, with the "
+        "outcome of the operation (4 when it partly or wholly failed). Every message is kept in the "
+        f"node's index database (searchable at {_code('GET /api/audit')}) "
+        + (f"for {audit.keep_days} days. " if audit.keep_days else "without time limit. ")
+        + transport,
+        "Identifiers (PS3.15 A.5.2.1): the AuditSourceID is "
+        + (_md(audit.source_id) if audit.source_id else f"the node's AE title ({_md(settings.node.aet)})")
+        + ", AuditSourceTypeCode 4 (application server). The node is the participant with its AE title as "
+        "UserID (AlternativeUserID AETITLES=, UserName pacsnode); a remote AE has its calling AE title "
+        "and its IP address; an HTTP client its authenticated user name, or its IP address without "
+        "credentials; an HL7 sender its MSH-3|MSH-4; the user of a command-line tool the operating-system "
+        "user name.",
+    ]
+
+
+def _access_control(settings: Settings) -> list[str]:
+    """PS3.2 Association Level Security: access control (PS3.15 B.1), User Identity (PS3.7 D.3.3.7)."""
+    net, node = settings.network, settings.node
+    unknown = node.accepts_unknown_peers()
+    why = (
+        f"{_code(f'[node] accept_unknown_peers = {_setting_value(node.accept_unknown_peers)}')}"
+        if node.accept_unknown_peers is not None
+        else f"the default while the node listens on {'loopback only' if unknown else 'the network'}"
+    )
+    known = len(settings.peers) + len(set(net.allowed_calling_aets or ()) - set(settings.peers))
+    texts = [
+        "Access control (PS3.15 B.1): every remote AE with a "
+        f"{_code('[peers.X]')} table is a known AE, accepted only from its configured address, host name "
+        "(resolved when the node starts) or network, and only over TLS when it has "
+        f"{_code('tls = true')} ({known} known AE{'s' if known != 1 else ''} in this configuration). "
+        + (
+            f"Calling AE titles without a table are accepted ({why})."
+            if unknown
+            else f"Calling AE titles without a table are rejected ({why}), and the Called AE Title must be "
+            f"{_md(node.aet)}."
+        )
+        + " Each refusal is answered with A-ASSOCIATE-RJ as listed under the Association Acceptance "
+        "Policy, logged and reported as a Security Alert (PS3.15 A.5.3.11, Node Authentication).",
+        "Each known AE may use only the services of its "
+        f"{_code('allow')} list (echo, store, find, move, get, worklist, mpps, commit); any other "
+        "request is answered with status 0124H (Refused: Not authorized) with an Error Comment, the "
+        "association continues, and the refusal is reported as a Security Alert (Use of Restricted "
+        "Function). AE titles and addresses are no proof of identity: use TLS with client certificates "
+        "where that matters.",
+    ]
+    mode = settings.auth.dimse_user_identity
+    if mode == "off":
+        texts.append(
+            "User Identity Negotiation (PS3.7 D.3.3.7): user identity sub-items are ignored (not verified, "
+            f"no positive response); {_code('[auth] dimse_user_identity')} is off."
+        )
+    else:
+        texts.append(
+            f"User Identity Negotiation (PS3.7 D.3.3.7), {_code(f'[auth] dimse_user_identity = {mode}')}: "
+            + (
+                "every association must carry a user identity of type 2 (username and passcode) or 5 (JWT) "
+                "that checks out"
+                if mode == "required"
+                else "an association may carry none; one sent must check out: type 1 (a configured "
+                "username), 2 (username and passcode) or 5 (JWT); types 3 and 4 are ignored"
+            )
+            + ". Passcodes are checked against the scrypt hashes of the configured users, JWTs against "
+            "the keys of the configured OpenID Connect issuer (signature, issuer, audience, expiry). "
+            "Otherwise the association is rejected (rejected-permanent, DICOM UL service-user, "
+            "no-reason-given). An accepted identity gets a positive response, with an empty server "
+            "response, when the requestor asks for one. Each check is reported as User Authentication "
+            "(PS3.15 A.5.3.12)."
+        )
+    return texts
+
+
+def _tls_profile(settings: Settings) -> list[str]:
+    """PS3.2 Security Profiles: the BCP 195 TLS Secure Transport Connection Profile (PS3.15 B.9)."""
+    node = settings.node
+    suites = (
+        "TLS 1.2 cipher suites TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, "
+        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384, "
+        "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, "
+        "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 and TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, "
+        "and the TLS 1.3 cipher suites of OpenSSL (all AEAD); no TLS compression, no renegotiation"
+    )
+    tls_peers = sorted(title for title, peer in settings.peers.items() if peer.tls)
+    outgoing = (
+        f"Associations the node opens to {', '.join(_md(t) for t in tls_peers)} "
+        f"({_code('[peers.X] tls = true')}) use TLS, the peer's certificate verified against "
+        f"{_code('[node] tls_ca')}."
+        if tls_peers
+        else "Associations the node opens use TLS to the remote AEs configured with "
+        f"{_code('[peers.X] tls = true')} (none in this configuration)."
+    )
+    if node.tls_port is None:
+        return [
+            "The BCP 195 TLS Secure Transport Connection Profile (PS3.15 B.9) is supported but not enabled "
+            f"in this configuration: associations accepted on port {node.dicom_port} are unencrypted TCP "
+            f"connections. Setting {_code('[node] tls_port')} (with {_code('tls_cert')}, {_code('tls_key')} "
+            f"and {_code('tls_ca')}) adds a listener for DICOM over TLS: TLS 1.2 and 1.3 only, {suites}.",
+            outgoing,
+        ]
+    plain = (
+        f"Port {node.dicom_port} accepts unencrypted TCP connections as well."
+        if node.plain_dicom
+        else f"There is no unencrypted DICOM port ({_code('[node] plain_dicom = false')})."
+    )
+    clients = (
+        "Every peer must present a certificate issued by a CA of the configured CA file; OpenSSL checks "
+        "its chain and validity period (mutual authentication)."
+        if node.tls_require_client_cert
+        else "A peer may present a certificate; if it does, it must be issued by a configured CA and be "
+        "valid."
+    )
+    names = (
+        " The peer's certificate must also name (subjectAltName DNS or IP, or common name) its calling AE "
+        "title or its host, else the association is rejected (A-ASSOCIATE-RJ, calling AE title not "
+        "recognized)."
+        if node.tls_check_peer_name
+        else ""
+    )
+    return [
+        f"The node supports the BCP 195 TLS Secure Transport Connection Profile (PS3.15 B.9) on port "
+        f"{node.tls_port}: TLS 1.2 and 1.3 only, {suites}. {plain}",
+        f"{clients}{names} A failed TLS handshake closes the connection and is reported as a Security Alert "
+        "(PS3.15 A.5.3.11, event type Node Authentication).",
+        outgoing,
+    ]
 
 
 # ------------------------------------------------------------------ HTML

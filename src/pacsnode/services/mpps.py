@@ -15,11 +15,13 @@ from pydicom.uid import generate_uid
 
 from pacsnode import IMPLEMENTATION_CLASS_UID
 from pacsnode.archive.mpps import MppsError, PerformedSteps
+from pacsnode.audit.builders import association_peer, node_actor, performed_step, procedure_record
 from pacsnode.config.settings import Settings
 from pacsnode.data.transcode import decode
 from pacsnode.dimse.commands import CommandField
 from pacsnode.dimse.messages import response_to
 from pacsnode.dimse.status import Status
+from pacsnode.security.events import AuditSink, NullAuditSink, Outcome
 from pacsnode.services.base import (
     AssociationOpener,
     DimseRequest,
@@ -61,11 +63,19 @@ class PerformedProcedureStepSCP(InMemoryDataSets):
     """Keeps the MPPS instances modalities create and update, and forwards them if asked."""
 
     def __init__(
-        self, steps: PerformedSteps, settings: Settings | None = None, connector: MppsConnector | None = None
+        self,
+        steps: PerformedSteps,
+        settings: Settings | None = None,
+        connector: MppsConnector | None = None,
+        audit: AuditSink | None = None,
     ) -> None:
         self.steps = steps
         self.settings = settings
         self.connector = connector
+        self.audit: AuditSink = audit if audit is not None else NullAuditSink()
+        self.me = (
+            node_actor(settings.node.aet, settings.node.host) if settings is not None else node_actor("")
+        )
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pacsnode-mpps")
         self._forwarding: asyncio.Task[None] | None = None  # the last forward: the next waits for it
 
@@ -92,14 +102,17 @@ class PerformedProcedureStepSCP(InMemoryDataSets):
             responder.send(
                 response_to(cmd, Status.PROCESSING_FAILURE, error_comment=f"unreadable: {exc}"[:64])
             )
+            self._audit(request, creating, Dataset(), uid, f"unreadable: {exc}")
             return
         loop = asyncio.get_running_loop()
+        step = ds
         try:
             if creating:
                 await loop.run_in_executor(self._pool, self.steps.create, uid, ds)
             else:
-                await loop.run_in_executor(self._pool, self.steps.set, uid, ds)
+                step = await loop.run_in_executor(self._pool, self.steps.set, uid, ds)
         except MppsError as exc:
+            self._audit(request, creating, ds, uid, f"0x{exc.status:04X} {exc.comment}")
             log.info(
                 "MPPS %s %s from %s refused (0x%04X): %s",
                 "N-CREATE" if creating else "N-SET",
@@ -114,11 +127,30 @@ class PerformedProcedureStepSCP(InMemoryDataSets):
             "MPPS %s %s from %s", "created" if creating else "set", uid, request.association.calling_ae_title
         )
         responder.send(response_to(cmd, Status.SUCCESS, affected_sop_instance_uid=uid))
+        self._audit(request, creating, step, uid, "")
         if self.settings is not None and self.settings.mpps.forward_to and self.connector is not None:
             previous = self._forwarding
             self._forwarding = asyncio.get_running_loop().create_task(
                 self._forward(previous, "create" if creating else "set", uid, ds)
             )
+
+    def _audit(self, request: DimseRequest, creating: bool, step: Dataset, uid: str, failure: str) -> None:
+        """PS3.15 A.5.3.15 Procedure Record: the step created (N-CREATE) or updated (N-SET)."""
+        patient_id, patient_name, studies = performed_step(step, uid)
+        outcome = Outcome.MINOR_FAILURE if failure else Outcome.SUCCESS
+        who = association_peer(request.association)
+        self.audit.emit(
+            procedure_record(
+                "C" if creating else "U",
+                who,
+                self.me,
+                patient_id,
+                patient_name,
+                studies,
+                outcome=outcome,
+                description=failure,
+            )
+        )
 
     async def _forward(
         self, previous: asyncio.Task[None] | None, operation: str, uid: str, ds: Dataset
@@ -162,7 +194,10 @@ class PerformedProcedureStepSCP(InMemoryDataSets):
 
 
 def mpps_service(
-    steps: PerformedSteps | None, settings: Settings | None = None, connector: MppsConnector | None = None
+    steps: PerformedSteps | None,
+    settings: Settings | None = None,
+    connector: MppsConnector | None = None,
+    audit: AuditSink | None = None,
 ) -> ServiceRegistration:
     """The Modality Performed Procedure Step SOP class, SCP (forwarding to [mpps] forward_to)."""
     return ServiceRegistration(
@@ -172,7 +207,7 @@ def mpps_service(
         transfer_syntaxes=_UNCOMPRESSED,
         scp=True,
         scu=True,
-        handler=PerformedProcedureStepSCP(steps, settings, connector) if steps is not None else None,
+        handler=PerformedProcedureStepSCP(steps, settings, connector, audit) if steps is not None else None,
         notes=(
             "N-CREATE with Performed Procedure Step Status IN PROGRESS and the Type 1 attributes of "
             "Table F.7.2-1 (ID, station AE title, start date and time, modality, Scheduled Step "

@@ -35,6 +35,17 @@ from pacsnode.archive.query import (
     elements_of,
     prepare,
 )
+from pacsnode.audit.builders import (
+    Actor,
+    Initiator,
+    StudyRef,
+    StudyTally,
+    association_peer,
+    begin_transferring,
+    instances_transferred,
+    node_actor,
+    query,
+)
 from pacsnode.config.settings import Settings
 from pacsnode.data.elements import MalformedDataSet, codec_of, decode_flat, encode_elements, text_value
 from pacsnode.data.header import truncation
@@ -48,6 +59,7 @@ from pacsnode.data.uids import (
 from pacsnode.dimse.commands import Command, CommandField, Priority
 from pacsnode.dimse.messages import c_store_rq, response_to
 from pacsnode.dimse.status import Status, StatusCategory, category
+from pacsnode.security.events import AuditSink, NullAuditSink, Outcome
 from pacsnode.services.base import (
     AssociationOpener,
     DimseRequest,
@@ -241,12 +253,15 @@ class Counts:
     failed: int = 0
     warning: int = 0
     failed_uids: list[str] = field(default_factory=list)
+    # Each instance tried: None when it went, else why not (the audit trail's outcome).
+    outcomes: dict[str, str | None] = field(default_factory=dict)
 
-    def fail(self, uid: str) -> None:
+    def fail(self, uid: str, why: str = "not sent") -> None:
         """One sub-operation failed."""
         self.remaining -= 1
         self.failed += 1
         self.failed_uids.append(uid)
+        self.outcomes[uid] = why
 
     def record(self, status: int, uid: str) -> None:
         """A C-STORE-RSP came back."""
@@ -254,11 +269,13 @@ class Counts:
         if kind is StatusCategory.SUCCESS:
             self.remaining -= 1
             self.completed += 1
+            self.outcomes[uid] = None
         elif kind is StatusCategory.WARNING:
             self.remaining -= 1
             self.warning += 1
+            self.outcomes[uid] = None
         else:
-            self.fail(uid)
+            self.fail(uid, f"C-STORE status 0x{status:04X}")
 
     def fields(self, final: bool) -> dict[str, Any]:
         """The count fields of a C-MOVE/C-GET-RSP; the final one has no Remaining (PS3.7 9.3.4.2)."""
@@ -352,10 +369,18 @@ def failure_response(cmd: Command, exc: QueryError) -> Command:
 class QueryRetrieveSCP(InMemoryDataSets):
     """C-FIND, C-MOVE and C-GET SCP for the Patient Root and Study Root models (PS3.4 C.4)."""
 
-    def __init__(self, archive: Archive, settings: Settings, connector: Connector | None = None) -> None:
+    def __init__(
+        self,
+        archive: Archive,
+        settings: Settings,
+        connector: Connector | None = None,
+        audit: AuditSink | None = None,
+    ) -> None:
         self.archive = archive
         self.settings = settings
         self.connector = connector
+        self.audit: AuditSink = audit if audit is not None else NullAuditSink()
+        self.me = node_actor(settings.node.aet, settings.node.host)
         self.engine = QueryEngine(archive.index, archive.store.absolute, settings.node.aet)
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pacsnode-query")
 
@@ -387,6 +412,7 @@ class QueryRetrieveSCP(InMemoryDataSets):
                 exc.comment,
             )
             responder.send(failure_response(cmd, exc))
+            self._audit_refusal(request, operation, f"0x{exc.status:04X} {exc.comment}")
             return None
         if operation == "find":
             return self._find(request, responder, query, _requested_charset(identifier))
@@ -427,6 +453,7 @@ class QueryRetrieveSCP(InMemoryDataSets):
         cmd = request.command
         matches = 0
         fetch: asyncio.Future[tuple[list[bytes], bool]] | None = None
+        failure = ""
         try:
             if selective:
                 # An index lookup of a few rows: answered on the loop, without a thread hop.
@@ -462,10 +489,16 @@ class QueryRetrieveSCP(InMemoryDataSets):
                 query.level,
                 matches,
             )
+        except asyncio.CancelledError:
+            failure = "the association ended before the last answer"
+            raise
         except Exception as exc:
             log.error("C-FIND failed: %s", exc, exc_info=exc)
-            responder.send(response_to(cmd, 0xC001, error_comment=f"query failed: {exc}"[:1024]))
+            failure = f"query failed: {exc}"[:1024]
+            responder.send(response_to(cmd, 0xC001, error_comment=failure))
         finally:
+            # PS3.15 A.5.3.10: Query, with the identifier as received.
+            self._audit_query(request, failure)
             stop.set()
             if fetch is not None and not fetch.done():
                 # A worker is in the rows: close them once its batch is done (one user at a time).
@@ -515,6 +548,7 @@ class QueryRetrieveSCP(InMemoryDataSets):
                     error_comment=f"unknown move destination {destination!r} (no [peers.{destination}])",
                 )
             )
+            self._audit_refusal(request, "move", f"unknown move destination {destination!r}")
             return
         refs = await self._instances(query, responder)
         counts = Counts(len(refs))
@@ -522,63 +556,73 @@ class QueryRetrieveSCP(InMemoryDataSets):
         if not refs:
             self._final(cmd, responder, counts, responder.cancelled, ts)
             return
-        originator = (request.association.calling_ae_title, cmd.message_id or 0)
-        timeout = self.settings.query.move_timeout
-        queue = list(refs)
-        for contexts in plan_contexts(refs):
-            sops = {c.abstract_syntax for c in contexts}
-            batch = [r for r in queue if r.sop_class_uid in sops]
-            queue = [r for r in queue if r.sop_class_uid not in sops]
-            if responder.cancelled:
-                break
-            try:
-                assoc = await self.connector(
-                    *endpoint,
-                    called_ae_title=destination,
-                    calling_ae_title=self.settings.node.aet,
-                    contexts=contexts,
-                    connect_timeout=timeout,
-                    acse_timeout=timeout,
-                    dimse_timeout=timeout,
-                )
-            except Exception as exc:
-                log.warning("C-MOVE: cannot associate with %s at %s:%d: %s", destination, *endpoint, exc)
-                for ref in batch:
-                    counts.fail(ref.sop_instance_uid)
-                continue
-            contexts_of = list(assoc.negotiated.contexts.values())
-            sent = 0
-            try:
-                async for ref, ctx, data in self._loaded(
-                    batch, functools.partial(choose_context, contexts_of)
-                ):
-                    if responder.cancelled:
-                        break
-                    if ctx is None or data is None:
-                        counts.fail(ref.sop_instance_uid)
-                    else:
-                        try:
-                            outcome = await assoc.store(
-                                data,
-                                ref.sop_class_uid,
-                                ref.sop_instance_uid,
-                                ctx.transfer_syntax,
-                                move_originator=originator,
-                            )
-                        except Exception as exc:  # the destination went away: the rest fail
-                            log.warning("C-MOVE to %s: sub-operation failed: %s", destination, exc)
-                            for rest in batch[sent:]:
-                                counts.fail(rest.sop_instance_uid)
-                            break
-                        counts.record(outcome.status, ref.sop_instance_uid)
-                    sent += 1
-                    responder.send(response_to(cmd, Status.PENDING, **counts.fields(final=False)))
-                    await responder.drain()
-            finally:
+        # PS3.15 A.5.3.3 / A.5.3.7: to the destination, at the request of the C-MOVE's requestor.
+        target, requestor = (
+            Actor(destination, endpoint[0], ae_title=destination),
+            association_peer(request.association),
+        )
+        self._audit_begin(refs, target, requestor)
+        try:
+            originator = (request.association.calling_ae_title, cmd.message_id or 0)
+            timeout = self.settings.query.move_timeout
+            queue = list(refs)
+            for contexts in plan_contexts(refs):
+                sops = {c.abstract_syntax for c in contexts}
+                batch = [r for r in queue if r.sop_class_uid in sops]
+                queue = [r for r in queue if r.sop_class_uid not in sops]
+                if responder.cancelled:
+                    break
                 try:
-                    await assoc.release(timeout)
-                except Exception:
-                    assoc.abort()
+                    assoc = await self.connector(
+                        *endpoint,
+                        called_ae_title=destination,
+                        calling_ae_title=self.settings.node.aet,
+                        contexts=contexts,
+                        connect_timeout=timeout,
+                        acse_timeout=timeout,
+                        dimse_timeout=timeout,
+                    )
+                except Exception as exc:
+                    log.warning("C-MOVE: cannot associate with %s at %s:%d: %s", destination, *endpoint, exc)
+                    for ref in batch:
+                        counts.fail(ref.sop_instance_uid)
+                    continue
+                contexts_of = list(assoc.negotiated.contexts.values())
+                sent = 0
+                try:
+                    async for ref, ctx, data in self._loaded(
+                        batch, functools.partial(choose_context, contexts_of)
+                    ):
+                        if responder.cancelled:
+                            break
+                        if ctx is None or data is None:
+                            counts.fail(ref.sop_instance_uid)
+                        else:
+                            try:
+                                outcome = await assoc.store(
+                                    data,
+                                    ref.sop_class_uid,
+                                    ref.sop_instance_uid,
+                                    ctx.transfer_syntax,
+                                    move_originator=originator,
+                                )
+                            except Exception as exc:  # the destination went away: the rest fail
+                                log.warning("C-MOVE to %s: sub-operation failed: %s", destination, exc)
+                                for rest in batch[sent:]:
+                                    counts.fail(rest.sop_instance_uid)
+                                break
+                            counts.record(outcome.status, ref.sop_instance_uid)
+                        sent += 1
+                        responder.send(response_to(cmd, Status.PENDING, **counts.fields(final=False)))
+                        await responder.drain()
+                finally:
+                    try:
+                        await assoc.release(timeout)
+                    except Exception:
+                        assoc.abort()
+        finally:
+            # PS3.15 A.5.3.7: what went, also when the association ended half way.
+            self._audit_sent(refs, counts, target, requestor)
         self._final(cmd, responder, counts, responder.cancelled, ts)
 
     async def _loaded(
@@ -618,23 +662,75 @@ class QueryRetrieveSCP(InMemoryDataSets):
         refs = await self._instances(query, responder)
         counts = Counts(len(refs))
         contexts = list(request.association.contexts.values())
-        # PS3.4 C.4.3.3.1: sub-operations go on contexts where the SCU took the SCP role.
-        async for ref, ctx, data in self._loaded(
-            refs, lambda r: choose_context(contexts, r, requestor_scp=True)
-        ):
-            if responder.cancelled:
-                break
-            if ctx is None or data is None:
-                counts.fail(ref.sop_instance_uid)
-            else:
-                store = c_store_rq(
-                    responder.next_message_id(), ref.sop_class_uid, ref.sop_instance_uid, cmd.priority or 0
-                )
-                rsp, _ = await responder.sub_request(ctx.context_id, store, data)
-                counts.record(rsp.status if rsp.status is not None else 0xC000, ref.sop_instance_uid)
-            responder.send(response_to(cmd, Status.PENDING, **counts.fields(final=False)))
-            await responder.drain()
+        requestor = association_peer(request.association)  # PS3.15 A.5.3.7: the destination asked
+        self._audit_begin(refs, requestor, "destination")
+        try:
+            # PS3.4 C.4.3.3.1: sub-operations go on contexts where the SCU took the SCP role.
+            async for ref, ctx, data in self._loaded(
+                refs, lambda r: choose_context(contexts, r, requestor_scp=True)
+            ):
+                if responder.cancelled:
+                    break
+                if ctx is None or data is None:
+                    counts.fail(ref.sop_instance_uid)
+                else:
+                    store = c_store_rq(
+                        responder.next_message_id(),
+                        ref.sop_class_uid,
+                        ref.sop_instance_uid,
+                        cmd.priority or 0,
+                    )
+                    rsp, _ = await responder.sub_request(ctx.context_id, store, data)
+                    counts.record(rsp.status if rsp.status is not None else 0xC000, ref.sop_instance_uid)
+                responder.send(response_to(cmd, Status.PENDING, **counts.fields(final=False)))
+                await responder.drain()
+        finally:
+            self._audit_sent(refs, counts, requestor, "destination")  # PS3.15 A.5.3.7
         self._final(cmd, responder, counts, responder.cancelled, request.context.transfer_syntax)
+
+    # ------------------------------------------------------------ audit (PS3.15 A.5.3)
+
+    def _audit_query(self, request: DimseRequest, failure: str) -> None:
+        outcome = Outcome.MINOR_FAILURE if failure else Outcome.SUCCESS
+        self.audit.emit(
+            query(
+                association_peer(request.association),
+                self.me,
+                request.context.abstract_syntax,
+                request.dataset or b"",
+                request.context.transfer_syntax,
+                outcome=outcome,
+                description=failure,
+            )
+        )
+
+    def _audit_refusal(self, request: DimseRequest, operation: str, why: str) -> None:
+        if operation == "find":
+            self._audit_query(request, why)
+            return
+        # A retrieve refused before it began: DICOM Instances Transferred that failed, no study.
+        peer = association_peer(request.association)
+        nothing = StudyRef("")
+        failed = Outcome.MINOR_FAILURE
+        self.audit.emit(
+            instances_transferred(
+                "R", self.me, peer, nothing, initiator=peer, outcome=failed, description=why
+            )
+        )
+
+    def _audit_begin(self, refs: Sequence[InstanceRef], destination: Actor, initiator: Initiator) -> None:
+        for study in StudyTally().add_refs(refs).studies():
+            self.audit.emit(begin_transferring(self.me, destination, study, initiator=initiator))
+
+    def _audit_sent(
+        self, refs: Sequence[InstanceRef], counts: Counts, destination: Actor, initiator: Initiator
+    ) -> None:
+        tally = StudyTally()
+        for ref in refs:
+            if ref.sop_instance_uid in counts.outcomes:  # not those a C-CANCEL left unsent
+                tally.add_ref(ref, counts.outcomes[ref.sop_instance_uid])
+        for study in tally.studies():
+            self.audit.emit(instances_transferred("R", self.me, destination, study, initiator=initiator))
 
 
 # ---------------------------------------------------------------- registrations
@@ -645,10 +741,13 @@ def _sop_classes(operation: str) -> tuple[SOPClass, ...]:
 
 
 def query_retrieve_services(
-    archive: Archive | None, settings: Settings, connector: Connector | None = None
+    archive: Archive | None,
+    settings: Settings,
+    connector: Connector | None = None,
+    audit: AuditSink | None = None,
 ) -> list[ServiceRegistration]:
     """The Query/Retrieve SOP classes, SCP: FIND, MOVE and GET of both roots."""
-    handler = QueryRetrieveSCP(archive, settings, connector) if archive is not None else None
+    handler = QueryRetrieveSCP(archive, settings, connector, audit) if archive is not None else None
     common = {"transfer_syntaxes": _UNCOMPRESSED, "scp": True, "scu": True, "handler": handler}
     return [
         ServiceRegistration(

@@ -7,10 +7,12 @@ from functools import cache
 from typing import Any
 
 from pacsnode.archive.ingest import Archive, SpoolSink
+from pacsnode.audit.builders import StudyTally, association_peer, instances_transferred, node_actor
 from pacsnode.data.uids import SUPPLEMENTARY_STORAGE_SOP_CLASSES, all_transfer_syntaxes
 from pacsnode.dimse.commands import Command, CommandField
 from pacsnode.dimse.messages import response_to
 from pacsnode.dimse.status import Status
+from pacsnode.security.events import AuditSink, NullAuditSink
 from pacsnode.services.base import (
     DataSetSink,
     DimseRequest,
@@ -47,8 +49,12 @@ def storage_transfer_syntaxes() -> tuple[str, ...]:
 class StorageSCP:
     """C-STORE SCP: data sets stream into the spool, and are answered once durable (PS3.4 B.2)."""
 
-    def __init__(self, archive: Archive) -> None:
+    def __init__(self, archive: Archive, audit: AuditSink | None = None) -> None:
         self.archive = archive
+        self.audit: AuditSink = audit if audit is not None else NullAuditSink()
+        self.me = node_actor(archive.settings.node.aet, archive.settings.node.host)
+        # PS3.15 A.5.3.7: what each association sent us, study by study, audited when it ends.
+        self._received: dict[int, StudyTally] = {}
 
     def sink_for(
         self, command: Command, context: NegotiatedContext, association: Negotiated
@@ -76,6 +82,7 @@ class StorageSCP:
         if cmd.affected_sop_class_uid != request.context.abstract_syntax:
             # PS3.4 B.2.3: the instance must belong to the negotiated SOP class.
             sink.discard()
+            self._tally(request).add_record(None, cmd.affected_sop_class_uid or "", "SOP class mismatch")
             responder.send(
                 response_to(
                     cmd,
@@ -85,6 +92,8 @@ class StorageSCP:
             )
             return
         result = await self.archive.ingest(sink)
+        failure = None if result.ok else f"0x{result.status:04X} {result.comment}".strip()
+        self._tally(request).add_record(result.record, cmd.affected_sop_class_uid or "", failure)
         if not result.ok:
             log.warning(
                 "C-STORE of %s from %s refused: 0x%04X %s",
@@ -96,8 +105,28 @@ class StorageSCP:
         fields: dict[str, Any] = {"error_comment": result.comment} if result.comment and not result.ok else {}
         responder.send(response_to(cmd, result.status, **fields))
 
+    def _tally(self, request: DimseRequest) -> StudyTally:
+        tally = self._received.get(id(request.association))
+        if tally is None:
+            tally = self._received[id(request.association)] = StudyTally()
+        return tally
 
-def storage_service(archive: Archive | None, private_sop_classes: list[str]) -> ServiceRegistration:
+    def association_ended(self, association: Negotiated) -> None:
+        """PS3.15 A.5.3.7: DICOM Instances Transferred (Create), one message per study received."""
+        tally = self._received.pop(id(association), None)
+        if not tally:
+            return
+        try:
+            peer = association_peer(association)
+            for study in tally.studies():
+                self.audit.emit(instances_transferred("C", peer, self.me, study))
+        except Exception:  # called as the connection closes: never raises
+            log.exception("audit of the instances received from %s failed", association.calling_ae_title)
+
+
+def storage_service(
+    archive: Archive | None, private_sop_classes: list[str], audit: AuditSink | None = None
+) -> ServiceRegistration:
     """The Storage SOP classes (standard and configured private ones), SCP; no handler without archive."""
     known = {s.uid for s in storage_sop_classes()}
     private = tuple(
@@ -112,7 +141,7 @@ def storage_service(archive: Archive | None, private_sop_classes: list[str]) -> 
         transfer_syntaxes=storage_transfer_syntaxes(),
         scp=True,
         scu=True,  # as C-MOVE and C-GET sub-operations
-        handler=StorageSCP(archive) if archive is not None else None,
+        handler=StorageSCP(archive, audit) if archive is not None else None,
         # PS3.7 D.3.3.4: a C-GET SCU takes the SCP role for the classes it retrieves.
         requestor_may_be_scp=True,
         notes=(

@@ -11,10 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pacsnode.archive.qr_model import QueryOptions
 from pacsnode.archive.query import Element, QueryError
 from pacsnode.archive.worklist import Worklist
+from pacsnode.audit.builders import association_peer, node_actor, query
 from pacsnode.config.settings import Settings
 from pacsnode.dimse.commands import CommandField
 from pacsnode.dimse.messages import response_to
 from pacsnode.dimse.status import Status
+from pacsnode.security.events import AuditSink, NullAuditSink, Outcome
 from pacsnode.services.base import DimseRequest, InMemoryDataSets, Responder, ServiceRegistration, SOPClass
 from pacsnode.services.query_retrieve import (
     _requested_charset,
@@ -33,9 +35,11 @@ _UNCOMPRESSED = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
 class ModalityWorklistSCP(InMemoryDataSets):
     """Answers Modality Worklist queries from the node's scheduled procedure steps."""
 
-    def __init__(self, worklist: Worklist, settings: Settings) -> None:
+    def __init__(self, worklist: Worklist, settings: Settings, audit: AuditSink | None = None) -> None:
         self.worklist = worklist
         self.settings = settings
+        self.audit: AuditSink = audit if audit is not None else NullAuditSink()
+        self.me = node_actor(settings.node.aet, settings.node.host)
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pacsnode-worklist")
 
     def handle(self, request: DimseRequest, responder: Responder) -> Awaitable[None] | None:
@@ -48,8 +52,23 @@ class ModalityWorklistSCP(InMemoryDataSets):
             identifier = decode_identifier(request.dataset, request.context.transfer_syntax)
         except QueryError as exc:
             responder.send(failure_response(cmd, exc))
+            self._audit(request, f"0x{exc.status:04X} {exc.comment}")
             return None
         return self._find(request, responder, identifier)
+
+    def _audit(self, request: DimseRequest, failure: str) -> None:
+        """PS3.15 A.5.3.10 Query: a worklist C-FIND, with its identifier as received."""
+        self.audit.emit(
+            query(
+                association_peer(request.association),
+                self.me,
+                request.context.abstract_syntax,
+                request.dataset or b"",
+                request.context.transfer_syntax,
+                outcome=Outcome.MINOR_FAILURE if failure else Outcome.SUCCESS,
+                description=failure,
+            )
+        )
 
     async def _find(self, request: DimseRequest, responder: Responder, identifier: list[Element]) -> None:
         cmd = request.command
@@ -69,6 +88,7 @@ class ModalityWorklistSCP(InMemoryDataSets):
         except QueryError as exc:
             log.info("worklist query from %s refused: %s", request.association.calling_ae_title, exc.comment)
             responder.send(failure_response(cmd, exc))
+            self._audit(request, f"0x{exc.status:04X} {exc.comment}")
             return
         sent = 0
         for data in answers:
@@ -78,6 +98,7 @@ class ModalityWorklistSCP(InMemoryDataSets):
             sent += 1
             if sent % 32 == 0:
                 await responder.drain()
+        self._audit(request, "")
         if responder.cancelled:
             # PS3.4 C.4.1.2.3 (K.4.1.3): C-CANCEL ends the matches with status Cancel.
             responder.send(response_to(cmd, Status.CANCEL))
@@ -86,9 +107,11 @@ class ModalityWorklistSCP(InMemoryDataSets):
         log.info("worklist query from %s: %d item(s)", request.association.calling_ae_title, sent)
 
 
-def worklist_service(worklist: Worklist | None, settings: Settings) -> ServiceRegistration:
+def worklist_service(
+    worklist: Worklist | None, settings: Settings, audit: AuditSink | None = None
+) -> ServiceRegistration:
     """The Modality Worklist Information Model - FIND SOP class, SCP."""
-    handler = ModalityWorklistSCP(worklist, settings) if worklist is not None else None
+    handler = ModalityWorklistSCP(worklist, settings, audit) if worklist is not None else None
     return ServiceRegistration(
         name="Basic Worklist Management - Modality Worklist",
         standard="PS3.4 Annex K",

@@ -59,6 +59,9 @@ class Negotiated:
     extended_negotiation_accepted: Mapping[str, bytes] = field(default_factory=dict)
     common_extended_negotiation: Mapping[str, SOPClassCommonExtendedNegotiation] = field(default_factory=dict)
     rejected_contexts: Mapping[int, int] = field(default_factory=dict)
+    # PS3.8 7.1.1.8 Calling Presentation Address: the requestor's "host:port" as the acceptor's
+    # shell saw the connection ("" when not known); the audit trail names it (PS3.15 A.5).
+    calling_presentation_address: str = ""
 
     def context_for(
         self, abstract_syntax: str, transfer_syntax: str | None = None
@@ -148,8 +151,13 @@ def negotiate(
     *,
     at_association_limit: bool = False,
     congested: bool = False,
+    admit: Callable[[AssociateRQ], AssociateRJ | None] | None = None,
 ) -> tuple[AssociateAC | AssociateRJ, Negotiated | None]:
-    """Answer an A-ASSOCIATE-RQ: an A-ASSOCIATE-AC with what was agreed, or an A-ASSOCIATE-RJ."""
+    """Answer an A-ASSOCIATE-RQ: an A-ASSOCIATE-AC with what was agreed, or an A-ASSOCIATE-RJ.
+
+    ``admit`` is the caller's access control (PS3.15 B.1: it knows the peer's address and
+    transport), consulted after the AE title checks: an A-ASSOCIATE-RJ it returns is the answer.
+    """
     if not rq.protocol_version & 1:
         # PS3.8 9.3.2: bit 0 of the protocol version must be set.
         return _reject(
@@ -177,6 +185,10 @@ def negotiate(
         return _reject(
             RejectResult.PERMANENT, RejectSource.SERVICE_USER, RejectReason.CALLING_AE_NOT_RECOGNIZED
         ), None
+    if admit is not None:
+        refused = admit(rq)
+        if refused is not None:
+            return refused, None
     if congested:
         return _reject(
             RejectResult.TRANSIENT,

@@ -1,4 +1,4 @@
-"""The node's admin REST API under /api: browse and delete patients, studies, series, instances."""
+"""The node's admin REST API under /api: browse and delete what the archive holds; read the audit trail."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import io
 import json
 import shutil
 import warnings
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Query, Request
@@ -31,8 +32,15 @@ from pacsnode.archive.qr_model import (
 )
 from pacsnode.archive.query import Answer, Element, QueryError, prepare
 from pacsnode.archive.worklist import WorklistError
+from pacsnode.audit.builders import audit_log_used
+from pacsnode.audit.lookup import worklist_item
+from pacsnode.audit.store import AuditQuery
+from pacsnode.audit.store import SearchError as AuditSearchError
+from pacsnode.audit.store import search as search_audit
 from pacsnode.web import qido
+from pacsnode.web.auditing import audit_order, audited_deletion, audited_read, node, requester, target
 from pacsnode.web.context import WebContext, check_uid
+from pacsnode.web.deidentify import add_deidentify
 
 _PATIENT_KEYS = (
     0x00100010,
@@ -179,20 +187,23 @@ def create_admin_app(ctx: WebContext) -> FastAPI:
 
         async def listing(request: Request, limit: Limit = _PAGE, offset: Offset = 0) -> dict[str, Any]:
             params = list(request.query_params.multi_items())
-            return await ctx.run(_list, ctx, level, params, limit, offset)
+            async with audited_read(ctx, request):  # PS3.15 A.5.3.10
+                return await ctx.run(_list, ctx, level, params, limit, offset)
 
-        async def one(key: str) -> dict[str, Any]:
+        async def one(request: Request, key: str) -> dict[str, Any]:
             if level != PATIENT:
                 check_uid(key)
-            found = await ctx.run(_one, ctx, level, key)
+            async with audited_read(ctx, request):  # PS3.15 A.5.3.10
+                found = await ctx.run(_one, ctx, level, key)
             if found is None:
                 raise HTTPException(404, f"no such {level.lower()}")
             return found
 
-        async def delete(key: str) -> dict[str, Any]:
+        async def delete(request: Request, key: str) -> dict[str, Any]:
             if level != PATIENT:
                 check_uid(key)
-            deleted = await ctx.archive.delete(level, key)
+            async with audited_deletion(ctx, request, level, key):  # PS3.15 A.5.3.8 / A.5.3.6
+                deleted = await ctx.archive.delete(level, key)
             if deleted is None:
                 raise HTTPException(404, f"no such {level.lower()}")
             return {"deleted": level.lower(), "key": key, "instances": deleted}
@@ -212,7 +223,35 @@ def create_admin_app(ctx: WebContext) -> FastAPI:
         add_level(level)
     _add_worklist(api, ctx)
     _add_mpps(api, ctx)
+    _add_audit(api, ctx)
+    add_deidentify(api, ctx)  # POST /studies/{study}/deidentify (PS3.15 Annex E)
     return api
+
+
+def _add_audit(api: FastAPI, ctx: WebContext) -> None:
+    """PS3.15 A.5: the audit trail the node keeps (admin role, web/auth.py); reading it is audited too."""
+
+    @api.get("/audit", summary="Audit messages (PS3.15 A.5), newest first, with their XML")
+    async def audit(
+        request: Request,
+        since: Annotated[datetime | None, Query(description="From this time (ISO 8601).")] = None,
+        until: Annotated[datetime | None, Query(description="Up to this time (ISO 8601).")] = None,
+        user: Annotated[str, Query(description="A participant: AE title, user name or address.")] = "",
+        patient: Annotated[str, Query(description="A Patient ID the message names.")] = "",
+        study: Annotated[str, Query(description="A Study Instance UID the message names.")] = "",
+        event: Annotated[str, Query(description="EventID or EventTypeCode: code or name.")] = "",
+        outcome: Annotated[int | None, Query(description="EventOutcomeIndicator: 0, 4, 8, 12.")] = None,
+        limit: Limit = _PAGE,
+        offset: Offset = 0,
+    ) -> dict[str, Any]:
+        query = AuditQuery(since, until, user, patient, study, event, outcome, limit, offset)
+        try:
+            page = await ctx.run(search_audit, ctx.archive.index.reader, query)
+        except AuditSearchError as exc:
+            raise HTTPException(400, str(exc)) from None
+        # PS3.15 A.5.3.2: Audit Log Used.
+        ctx.audit.emit(audit_log_used(requester(request), node(ctx), target(request)))
+        return page
 
 
 def _add_mpps(api: FastAPI, ctx: WebContext) -> None:
@@ -236,6 +275,7 @@ def _add_mpps(api: FastAPI, ctx: WebContext) -> None:
 
 
 _WORKLIST_BODY_MAX = 16 << 20
+_ORDER_KEYS = ("PatientID", "PatientName", "AccessionNumber")  # what an Order Record names
 
 
 def _worklist_items(content_type: str, body: bytes) -> list[Dataset]:
@@ -270,10 +310,13 @@ def _add_worklist(api: FastAPI, ctx: WebContext) -> None:
         datasets = _worklist_items(request.headers.get("content-type", ""), body)
         ids = []
         for ds in datasets:
+            patient_id, name, accession = (str(ds.get(k, "") or "") for k in _ORDER_KEYS)
             try:
                 ids.append(await ctx.run(worklist.add, ds))
             except WorklistError as exc:
+                audit_order(ctx, request, "C", (patient_id, name, accession), str(exc))
                 raise HTTPException(400, str(exc)) from None
+            audit_order(ctx, request, "C", (patient_id, name, accession))  # PS3.15 A.5.3.13
         return {"items": [{"id": i} for i in ids]}
 
     @api.get("/worklist", summary="The scheduled procedure steps (all=true: cancelled ones too)")
@@ -281,7 +324,10 @@ def _add_worklist(api: FastAPI, ctx: WebContext) -> None:
         return {"items": await ctx.run(worklist.listing, include_canceled=all)}
 
     @api.delete("/worklist/{item_id}", status_code=204, summary="Cancel a scheduled procedure step")
-    async def cancel(item_id: int) -> Response:
+    async def cancel(request: Request, item_id: int) -> Response:
+        subject = await ctx.run(worklist_item, ctx.archive.index.reader, item_id)
         if not await ctx.run(worklist.cancel, item_id):
             raise HTTPException(404, "no such scheduled item")
+        if subject is not None:
+            audit_order(ctx, request, "D", subject)  # PS3.15 A.5.3.13
         return Response(status_code=204)

@@ -20,6 +20,8 @@ from pacsnode.archive.qr_model import IMAGE, SERIES, SERIES_INSTANCE_UID, STUDY,
 from pacsnode.archive.query import QueryError
 from pacsnode.web import capabilities, qido, retrieve, store, wado_uri
 from pacsnode.web.admin import create_admin_app
+from pacsnode.web.auditing import audited_query
+from pacsnode.web.auth import HttpAuth, HttpGuard
 from pacsnode.web.context import WebContext, check_uid
 from pacsnode.web.dicomjson import dumps
 from pacsnode.web.media import DICOM_JSON, DICOM_XML, MULTIPART, Acceptable, accept_list, accepts
@@ -78,7 +80,7 @@ def _search(ctx: WebContext | None, level: str) -> Handler:
         return Response(body, media_type=DICOM_JSON, headers=headers)
 
     handler.transaction = "search"  # type: ignore[attr-defined]
-    return handler
+    return audited_query(ctx, handler)  # PS3.15 A.5.3.10
 
 
 def _for_viewers(obj: dict[str, Any]) -> dict[str, Any]:
@@ -189,6 +191,8 @@ def create_app(ctx: WebContext) -> Starlette:
                 expose_headers=["Warning", "Content-Location"],
             )
         )
+    # Inside CORS (a preflight carries no credentials; a 401 still gets CORS headers).
+    middleware.append(Middleware(HttpAuth, guard=HttpGuard(ctx.settings, ctx.authenticator, ctx.audit)))
     if web.gzip_min_size:
         # Only answers (DICOM JSON, XML) are worth compressing: pixel data and images are not,
         # and the viewer's large bundles, cached by the browser, are not worth gzip each time.

@@ -96,10 +96,26 @@ def conformance_sections(settings: Settings) -> list[tuple[str, str]]:
         "STOW-RS of `application/dicom+json` metadata holds its bulk data parts in memory per instance. "
         "Transcoding is to uncompressed transfer syntaxes only; other requested syntaxes give 406."
     )
+    roles = settings.auth.loopback_roles
+    auth = (
+        "Requests from loopback without credentials get the roles "
+        + (", ".join(f"`{r}`" for r in roles) if roles else "none")
+        + " (`[auth] loopback_roles`); every other request needs HTTP Basic credentials of a "
+        "configured user (scrypt password hash)"
+        + (
+            ", a Bearer API token (its SHA-256 configured)"
+            if settings.auth.oidc_issuer
+            else " or a Bearer API token (its SHA-256 configured)"
+        )
+        + (" or a Bearer OpenID Connect JWT of `[auth] oidc_issuer`" if settings.auth.oidc_issuer else "")
+        + ". Searches and retrievals need the `read` role, STOW-RS `write`; without credentials the "
+        'answer is 401 with `WWW-Authenticate: Basic realm="pacsnode", Bearer`, without the role 403.'
+    )
     return [
         ("DICOMweb Origin Server", origin),
         ("Resources", "\n".join(rows)),
         ("Limits and Options", limits),
+        ("Authentication and Authorization", auth),
     ]
 
 

@@ -26,6 +26,8 @@ from pacsnode.archive.qr_model import (
 )
 from pacsnode.archive.query import Element, InstanceRef, QueryEngine, prepare
 from pacsnode.config.settings import Settings
+from pacsnode.security.credentials import Authenticator
+from pacsnode.security.events import AuditSink, NullAuditSink
 
 log = logging.getLogger("pacsnode.web")
 T = TypeVar("T")
@@ -43,9 +45,19 @@ def check_uid(uid: str) -> str:
 class WebContext:
     """The archive and query engine of one node, as the HTTP handlers use them."""
 
-    def __init__(self, settings: Settings, archive: Archive) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        archive: Archive,
+        *,
+        audit: AuditSink | None = None,
+        authenticator: Authenticator | None = None,
+    ) -> None:
         self.settings = settings
         self.archive = archive
+        self.audit: AuditSink = audit if audit is not None else NullAuditSink()
+        # [auth] users, API tokens and OpenID Connect (shared with DICOM User Identity when given).
+        self.authenticator = authenticator if authenticator is not None else Authenticator(settings.auth)
         self.engine = QueryEngine(archive.index, archive.store.absolute, settings.node.aet)
         self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pacsnode-web")
 

@@ -23,6 +23,7 @@ from pacsnode.archive.query import InstanceRef
 from pacsnode.data.part10 import dataset_offset, file_meta
 from pacsnode.data.transcode import TranscodeError, is_encapsulated, transcode
 from pacsnode.web import metadata, render
+from pacsnode.web.auditing import audited_retrieve, note_sent
 from pacsnode.web.context import WebContext, check_uid, log
 from pacsnode.web.dicomjson import dumps
 from pacsnode.web.media import (
@@ -78,6 +79,7 @@ def _read_chunk(path: Path, offset: int) -> bytes:
         return fh.read(_CHUNK)
 
 
+@audited_retrieve  # PS3.15 A.5.3.7
 async def retrieve_instances(
     ctx: WebContext, request: Request, study: str, series: str | None = None, instance: str | None = None
 ) -> Response:
@@ -87,6 +89,7 @@ async def retrieve_instances(
     if series is None and instance is None and zip_wanted and all(a.media_type != MULTIPART for a in accept):
         return await _zip(ctx, study)
     refs = await _refs(ctx, study, series, instance)
+    note_sent(refs)
     try:
         syntaxes = [choose_syntax(accept, DICOM, ref.transfer_syntax_uid) for ref in refs]
     except NotAcceptable as exc:
@@ -219,6 +222,7 @@ def _zip_file(ctx: WebContext, refs: Sequence[InstanceRef]) -> Any:
 async def _zip(ctx: WebContext, study: str) -> Response:
     """A study as application/zip of its Part 10 files (PS3.18 8.7.5 ZIP)."""
     refs = await _refs(ctx, study, None, None)
+    note_sent(refs)
     spool = await ctx.run(_zip_file, ctx, refs)
 
     async def chunks() -> AsyncIterator[bytes]:
@@ -262,6 +266,7 @@ def _metadata(ctx: WebContext, refs: Sequence[InstanceRef], base: str) -> bytes:
     return dumps(out)
 
 
+@audited_retrieve  # PS3.15 A.5.3.7
 async def retrieve_metadata(
     ctx: WebContext, request: Request, study: str, series: str | None = None, instance: str | None = None
 ) -> Response:
@@ -270,6 +275,7 @@ async def retrieve_metadata(
     if accepts(accept, DICOM_JSON, "application/json") is None:
         raise HTTPException(406, "metadata is served as application/dicom+json")
     refs = await _refs(ctx, study, series, instance)
+    note_sent(refs)
     body = await ctx.run(_metadata, ctx, refs, ctx.base_url(request))
     return Response(body, media_type=DICOM_JSON)
 
@@ -312,12 +318,14 @@ def _frames(path: Path, ref: InstanceRef, numbers: list[int], compressed: bool) 
     return out
 
 
+@audited_retrieve  # PS3.15 A.5.3.7
 async def retrieve_frames(
     ctx: WebContext, request: Request, study: str, series: str, instance: str, frames: str
 ) -> Response:
     """Frames of an instance as multipart/related, native or as stored (PS3.18 10.4.1.3)."""
     numbers = frame_numbers(frames)
     ref = (await _refs(ctx, study, series, instance))[0]
+    note_sent([ref])
     accept = accept_list(request.headers.get("accept"))
     stored = ref.transfer_syntax_uid
     media = FRAME_MEDIA_TYPES.get(stored) if is_encapsulated(stored) else None
@@ -368,11 +376,13 @@ def _bulk_value(path: Path, tag_path: str) -> bytes:
     raise HTTPException(404, f"no bulk data at {tag_path[:80]!r}")
 
 
+@audited_retrieve  # PS3.15 A.5.3.7
 async def retrieve_bulkdata(
     ctx: WebContext, request: Request, study: str, series: str, instance: str, tag_path: str
 ) -> Response:
     """One bulk data value (PS3.18 10.4.1.4); HTTP Range on a single-part answer (RFC 9110 14)."""
     ref = (await _refs(ctx, study, series, instance))[0]
+    note_sent([ref])
     value = await ctx.run(_bulk_value, ctx.archive.store.absolute(ref.path), tag_path)
     accept = accept_list(request.headers.get("accept"))
     multipart = any(a.media_type == MULTIPART for a in accept)
@@ -474,6 +484,7 @@ def rendered_type(request: Request) -> str:
     return chosen
 
 
+@audited_retrieve  # PS3.15 A.5.3.7
 async def retrieve_rendered(
     ctx: WebContext,
     request: Request,
@@ -487,11 +498,13 @@ async def retrieve_rendered(
     params = render_params(request.query_params)
     refs = await _refs(ctx, study, series, instance)
     ref = refs[len(refs) // 2] if instance is None else refs[0]
+    note_sent([ref])
     numbers = frame_numbers(frames) if frames is not None else None
     body = await ctx.run(_rendered, ctx.archive.store.absolute(ref.path), numbers, media_type, params)
     return Response(body, media_type=media_type)
 
 
+@audited_retrieve  # PS3.15 A.5.3.7
 async def retrieve_thumbnail(
     ctx: WebContext, request: Request, study: str, series: str | None = None, instance: str | None = None
 ) -> Response:
@@ -499,6 +512,7 @@ async def retrieve_thumbnail(
     media_type = rendered_type(request)
     refs = await _refs(ctx, study, series, instance)
     ref = refs[len(refs) // 2]
+    note_sent([ref])
     size = 128
     if "viewport" in request.query_params:
         params = render_params(request.query_params)

@@ -11,6 +11,9 @@ import uvicorn
 
 from pacsnode.archive.ingest import Archive
 from pacsnode.config.settings import Settings
+from pacsnode.security.credentials import Authenticator
+from pacsnode.security.events import AuditSink
+from pacsnode.security.tls import https_context
 from pacsnode.web.app import create_app
 from pacsnode.web.context import WebContext
 
@@ -20,11 +23,20 @@ log = logging.getLogger("pacsnode.web")
 class HttpServer:
     """DICOMweb and the admin API of one node, served beside its DICOM listener in the same process."""
 
-    def __init__(self, settings: Settings, archive: Archive) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        archive: Archive,
+        *,
+        audit: AuditSink | None = None,
+        authenticator: Authenticator | None = None,
+    ) -> None:
         self.settings = settings
-        self.context = WebContext(settings, archive)
+        self.context = WebContext(settings, archive, audit=audit, authenticator=authenticator)
         self.app = create_app(self.context)
         self.port = 0
+        # PS3.18 8.1 / PS3.15 B.9: HTTPS with the node's certificate ([web] tls); files read now.
+        self.ssl = https_context(settings) if settings.web.tls else None
         self._server: uvicorn.Server | None = None
         self._ticker: asyncio.Task[None] | None = None
 
@@ -52,15 +64,23 @@ class HttpServer:
             access_log=False,
             server_header=False,
             timeout_graceful_shutdown=5,
+            # The client address is the socket's: X-Forwarded-For from anyone (uvicorn trusts it
+            # with FORWARDED_ALLOW_IPS=*) would make a remote client "loopback" (docs/security.md).
+            proxy_headers=False,
         )
         config.load()
+        config.ssl = self.ssl  # our BCP 195 context (uvicorn's own options would not restrict ciphers)
         server = uvicorn.Server(config)
         server.lifespan = config.lifespan_class(config)
         await server.startup(sockets=[sock])
         self._server = server
         self._ticker = asyncio.get_running_loop().create_task(server.main_loop())
         log.info(
-            "pacsnode serving DICOMweb on http://%s:%d%s", node.host, self.port, self.settings.web.base_path
+            "pacsnode serving DICOMweb on %s://%s:%d%s",
+            "https" if self.ssl is not None else "http",
+            node.host,
+            self.port,
+            self.settings.web.base_path,
         )
 
     async def close(self) -> None:

@@ -21,6 +21,7 @@ from pacsnode.data.part10 import read_layout
 from pacsnode.data.transcode import TranscodeError, encode
 from pacsnode.data.uids import EXPLICIT_VR_LITTLE_ENDIAN
 from pacsnode.dimse.status import Status
+from pacsnode.web.auditing import audit_stored
 from pacsnode.web.context import WebContext, check_uid
 from pacsnode.web.dicomjson import dumps
 from pacsnode.web.media import DICOM, DICOM_JSON, MULTIPART, OCTET_STREAM
@@ -143,6 +144,8 @@ async def store_instances(ctx: WebContext, request: Request, study: str | None =
         if not stored and not failed:
             raise HTTPException(400, f"malformed multipart body: {exc}") from None
         failed.append((StoreResult(_UNDERSTAND, f"malformed multipart body: {exc}"[:64]), ""))
+    finally:
+        audit_stored(ctx, request, stored + failed)  # PS3.15 A.5.3.7, even when the body was cut
     if not stored and not failed:
         raise HTTPException(400, "the body holds no instance")
     base = ctx.base_url(request)

@@ -14,6 +14,7 @@ from pacsnode.archive.query import InstanceRef
 from pacsnode.data.transcode import TranscodeError
 from pacsnode.data.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from pacsnode.web import render
+from pacsnode.web.auditing import audited_retrieve, note_sent
 from pacsnode.web.context import WebContext, check_uid
 from pacsnode.web.media import DICOM
 from pacsnode.web.retrieve import _read_part10
@@ -59,6 +60,7 @@ def _image(path: Path, frame: int, media_type: str, params: dict[str, Any]) -> b
     return render.render(ds, frames=[frame], media_type=media_type, **params)
 
 
+@audited_retrieve  # PS3.15 A.5.3.7
 async def wado(ctx: WebContext, request: Request) -> Response:
     """GET /wado?requestType=WADO&studyUID=..&seriesUID=..&objectUID=.. (PS3.18 9.1, 9.2)."""
     query = request.query_params
@@ -78,6 +80,7 @@ async def wado(ctx: WebContext, request: Request) -> Response:
     if not refs:
         raise HTTPException(404, "no such instance")
     ref = refs[0]
+    note_sent([ref])
     path = ctx.archive.store.absolute(ref.path)
     wanted = [t.strip().split(";")[0] for t in query.get("contentType", "").split(",") if t.strip()]
     if not wanted:
