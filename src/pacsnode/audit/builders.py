@@ -306,6 +306,23 @@ def application_activity(
     )
 
 
+def _query_event(
+    requestor: Actor, responder: Actor, what: ParticipantObject, outcome: Outcome, description: str
+) -> AuditEvent:
+    """PS3.15 A.5.3.10 Query: the requestor as source, the responder as destination, what was asked."""
+    return AuditEvent(
+        kind=EventKind.QUERY,
+        action="E",
+        outcome=outcome,
+        outcome_description=description,
+        participants=(
+            requestor.participant(requestor=True, role=SOURCE),
+            responder.participant(requestor=False, role=DESTINATION),
+        ),
+        objects=(what,),
+    )
+
+
 def query(
     requestor: Actor,
     responder: Actor,
@@ -317,27 +334,16 @@ def query(
     description: str = "",
 ) -> AuditEvent:
     """PS3.15 A.5.3.10 Query: a C-FIND, its identifier as sent (ParticipantObjectQuery)."""
-    return AuditEvent(
-        kind=EventKind.QUERY,
-        action="E",
-        outcome=outcome,
-        outcome_description=description,
-        participants=(
-            requestor.participant(requestor=True, role=SOURCE),
-            responder.participant(requestor=False, role=DESTINATION),
-        ),
-        objects=(
-            ParticipantObject(
-                type_code=_SYSTEM_OBJECT,
-                id_type=SOP_CLASS_UID,
-                object_id=sop_class_uid,
-                role=_ROLE_REPORT,
-                # PS3.15 A.5.3.10: the query data set, and its transfer syntax as a detail.
-                query=identifier,
-                detail=(("TransferSyntax", transfer_syntax.encode("ascii", "replace")),),
-            ),
-        ),
+    what = ParticipantObject(
+        type_code=_SYSTEM_OBJECT,
+        id_type=SOP_CLASS_UID,
+        object_id=sop_class_uid,
+        role=_ROLE_REPORT,
+        # PS3.15 A.5.3.10: the query data set, and its transfer syntax as a detail.
+        query=identifier,
+        detail=(("TransferSyntax", transfer_syntax.encode("ascii", "replace")),),
     )
+    return _query_event(requestor, responder, what, outcome, description)
 
 
 def web_query(
@@ -349,27 +355,15 @@ def web_query(
     description: str = "",
 ) -> AuditEvent:
     """PS3.15 A.5.3.10 Query over HTTP (QIDO-RS): the request target (path and query string)."""
-    path = target.split("?", 1)[0]
-    return AuditEvent(
-        kind=EventKind.QUERY,
-        action="E",
-        outcome=outcome,
-        outcome_description=description,
-        participants=(
-            requestor.participant(requestor=True, role=SOURCE),
-            responder.participant(requestor=False, role=DESTINATION),
-        ),
-        objects=(
-            ParticipantObject(
-                type_code=_SYSTEM_OBJECT,
-                id_type=URI,
-                object_id=path,
-                role=_ROLE_QUERY,
-                query=target.encode("utf-8"),
-                detail=(("QueryEncoding", b"UTF-8"),),
-            ),
-        ),
+    what = ParticipantObject(
+        type_code=_SYSTEM_OBJECT,
+        id_type=URI,
+        object_id=target.split("?", 1)[0],
+        role=_ROLE_QUERY,
+        query=target.encode("utf-8"),
+        detail=(("QueryEncoding", b"UTF-8"),),
     )
+    return _query_event(requestor, responder, what, outcome, description)
 
 
 def begin_transferring(

@@ -36,6 +36,9 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 err = Console(stderr=True)
+# The AE titles of a DICOM client command (echo, store, mpps, commit), as DCMTK spells them.
+AetOpt = Annotated[str, typer.Option("--aet", "-aet", help="Our (calling) AE title.")]
+AecOpt = Annotated[str, typer.Option("--aec", "-aec", help="The peer's (called) AE title.")]
 
 
 def _setup_logging(verbose: int, *, server: bool = False) -> None:
@@ -183,8 +186,8 @@ def serve(
 def echo(
     host: Annotated[str, typer.Argument(help="Peer host name or address.")],
     port: Annotated[int, typer.Argument(help="Peer TCP port.", min=1, max=65535)],
-    aet: Annotated[str, typer.Option("--aet", "-aet", help="Our (calling) AE title.")] = "PACSNODE",
-    aec: Annotated[str, typer.Option("--aec", "-aec", help="The peer's (called) AE title.")] = "ANY-SCP",
+    aet: AetOpt = "PACSNODE",
+    aec: AecOpt = "ANY-SCP",
     repeat: Annotated[int, typer.Option("--repeat", "-r", min=1, help="Send this many C-ECHO requests.")] = 1,
     associations: Annotated[
         int,
@@ -265,8 +268,8 @@ def store(
     host: Annotated[str, typer.Argument(help="Peer host name or address.")],
     port: Annotated[int, typer.Argument(help="Peer TCP port.", min=1, max=65535)],
     paths: PathsArg,
-    aet: Annotated[str, typer.Option("--aet", "-aet", help="Our (calling) AE title.")] = "PACSNODE",
-    aec: Annotated[str, typer.Option("--aec", "-aec", help="The peer's (called) AE title.")] = "ANY-SCP",
+    aet: AetOpt = "PACSNODE",
+    aec: AecOpt = "ANY-SCP",
     recursive: RecursiveOpt = True,
     convert: Annotated[
         bool,
@@ -839,8 +842,6 @@ mpps_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(mpps_app, name="mpps")
-MppsAet = Annotated[str, typer.Option("--aet", "-aet", help="Our (calling) AE title.")]
-MppsAec = Annotated[str, typer.Option("--aec", "-aec", help="The peer's (called) AE title.")]
 MppsTimeout = Annotated[float, typer.Option("--timeout", help="Seconds for connect, association, response.")]
 MppsFile = Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="DICOM file or DICOM JSON.")]
 
@@ -891,8 +892,8 @@ def mpps_create(
         Path, typer.Argument(exists=True, dir_okay=False, help="DICOM file or DICOM JSON.")
     ],
     uid: Annotated[str | None, typer.Option(help="SOP Instance UID (default: a new one).")] = None,
-    aet: MppsAet = "PACSNODE",
-    aec: MppsAec = "ANY-SCP",
+    aet: AetOpt = "PACSNODE",
+    aec: AecOpt = "ANY-SCP",
     timeout: MppsTimeout = 30.0,
     tls: TlsOpt = False,
     tls_cert: TlsCertOpt = None,
@@ -913,8 +914,8 @@ def mpps_set(
     attributes: Annotated[
         Path, typer.Argument(exists=True, dir_okay=False, help="DICOM file or DICOM JSON.")
     ],
-    aet: MppsAet = "PACSNODE",
-    aec: MppsAec = "ANY-SCP",
+    aet: AetOpt = "PACSNODE",
+    aec: AecOpt = "ANY-SCP",
     timeout: MppsTimeout = 30.0,
     tls: TlsOpt = False,
     tls_cert: TlsCertOpt = None,
@@ -940,8 +941,8 @@ def commit(
     host: Annotated[str, typer.Argument(help="The Storage Commitment SCP's address.")],
     port: Annotated[int, typer.Argument(help="Its TCP port.", min=1, max=65535)],
     paths: PathsArg,
-    aet: Annotated[str, typer.Option("--aet", "-aet", help="Our (calling) AE title.")] = "PACSNODE",
-    aec: Annotated[str, typer.Option("--aec", "-aec", help="The peer's (called) AE title.")] = "ANY-SCP",
+    aet: AetOpt = "PACSNODE",
+    aec: AecOpt = "ANY-SCP",
     recursive: RecursiveOpt = True,
     listen_port: Annotated[
         int | None,
@@ -974,6 +975,7 @@ def commit(
     from pacsnode.archive.commitment import Reference
     from pacsnode.cli.commit import CommitFailed, CommitOptions, request_commitment
     from pacsnode.cli.store import collect
+    from pacsnode.dimse.status import describe
 
     _setup_logging(max(verbose - 1, 0))
     if release and listen_port is None:
@@ -1010,19 +1012,12 @@ def commit(
         for ref in report.committed:
             print(f"committed  {ref.sop_instance_uid}")
     for ref, reason in report.failed:
-        print(f"failed     {ref.sop_instance_uid}: {describe_failure(reason)}")
+        print(f"failed     {ref.sop_instance_uid}: {describe(reason)}")
     asked = set(references)
     answered = set(report.committed) | {ref for ref, _ in report.failed}
     for ref in sorted(asked - answered, key=lambda r: r.sop_instance_uid):
         print(f"no answer  {ref.sop_instance_uid}")
     raise typer.Exit(0 if not report.failed and asked <= set(report.committed) else 1)
-
-
-def describe_failure(reason: int) -> str:
-    """A Failure Reason of a Failed SOP Sequence (PS3.4 J.3.2.1.2), in words."""
-    from pacsnode.dimse.status import describe
-
-    return describe(reason)
 
 
 from pacsnode.cli.auth import auth_app  # noqa: E402  # the sub-app is built with the others

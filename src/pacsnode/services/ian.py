@@ -238,11 +238,10 @@ class InstanceAvailabilityNotifier:
         else:
             if not datasets:
                 outcome, final, ok = "the study is no longer in the archive", True, False
-            elif peer is None or peer.endpoint() is None:
+            elif (endpoint := peer.endpoint() if peer is not None else None) is None:
                 outcome, final, ok = "no host and port in [peers]", True, False
             else:
-                host, port = peer.endpoint() or ("", 0)
-                outcome, final, ok = await self._send(host, port, note, datasets)
+                outcome, final, ok = await self._send(*endpoint, note, datasets)
         if ok:
             log.info("IAN for study %s sent to %s: %s", note.study_instance_uid, note.subscriber, outcome)
             await self._settle(note, SENT, attempts, outcome)
