@@ -203,17 +203,19 @@ class PynetdicomClient:
 
     name = "pynetdicom"
 
-    def __init__(self, port: int, called: str, calling: str = "BENCHQUERY") -> None:
+    def __init__(
+        self, port: int, called: str, calling: str = "BENCHQUERY", model: str = STUDY_ROOT_FIND
+    ) -> None:
         from pynetdicom import AE, _config
 
         _config.LOG_RESPONSE_IDENTIFIERS = False
         _config.LOG_REQUEST_IDENTIFIERS = False
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-        self._model = STUDY_ROOT_FIND
+        self._model = model  # the C-FIND information model (bench/worklist: Modality Worklist)
         ae = AE(ae_title=calling)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = IO_TIMEOUT
         ae.add_requested_context(VERIFICATION, IMPLICIT_VR_LE)
-        ae.add_requested_context(STUDY_ROOT_FIND, IMPLICIT_VR_LE)
+        ae.add_requested_context(model, IMPLICIT_VR_LE)
         self.assoc: Any = ae.associate(LOOPBACK, port, ae_title=called)
         if not self.assoc.is_established:
             raise QueryFailure("pynetdicom: association not established")

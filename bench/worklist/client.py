@@ -6,12 +6,9 @@ Both keep a Verification context too, for the C-ECHO floor.
 
 from __future__ import annotations
 
-import logging
-import socket
 from collections import deque
-from typing import Any
 
-from bench.common import IMPLICIT_VR_LE, LOOPBACK, VERIFICATION, RawAssociation
+from bench.common import VERIFICATION, RawAssociation
 from bench.query.client import (
     ECHO_CONTEXT,
     FIND_CONTEXT,
@@ -81,20 +78,4 @@ class WorklistPynetdicomClient(PynetdicomClient):
     """bench/query's pynetdicom requestor (send_c_find) with the worklist SOP class."""
 
     def __init__(self, port: int, called: str, calling: str = "BENCHMWL") -> None:
-        from pynetdicom import AE, _config
-
-        _config.LOG_RESPONSE_IDENTIFIERS = False
-        _config.LOG_REQUEST_IDENTIFIERS = False
-        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-        self._model = MWL_FIND
-        ae = AE(ae_title=calling)
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = IO_TIMEOUT
-        ae.add_requested_context(VERIFICATION, IMPLICIT_VR_LE)
-        ae.add_requested_context(MWL_FIND, IMPLICIT_VR_LE)
-        self.assoc: Any = ae.associate(LOOPBACK, port, ae_title=called)
-        if not self.assoc.is_established:
-            raise QueryFailure("pynetdicom: association not established")
-        # As in bench/query: without TCP_NODELAY the identifier PDU waits for a delayed ACK.
-        transport = self.assoc.dul.socket
-        if transport is not None and transport.socket is not None:
-            transport.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().__init__(port, called, calling, model=MWL_FIND)
