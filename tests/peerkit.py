@@ -654,12 +654,25 @@ def start_threaded_node(settings: Settings, *, http: bool = False, audit: Any = 
 
 
 def data_files(data: Path) -> list[str]:
-    """Every file under a data folder, relative, except the SQLite index files."""
+    """Every file under a data folder, relative, except the SQLite index files and the
+    pre-made object files (empty files a running node keeps ready, see `premade_files`)."""
+    premade = set(premade_files(data))
     return sorted(
-        p.relative_to(data).as_posix()
+        rel
         for p in data.rglob("*")
-        if p.is_file() and not p.name.startswith("index.sqlite")
+        if p.is_file()
+        and not p.name.startswith("index.sqlite")
+        and (rel := p.relative_to(data).as_posix()) not in premade
     )
+
+
+def premade_files(data: Path) -> list[str]:
+    """The empty object files of a data folder: the pool of pre-made names of a running node
+    (FileStore.start_pool), removed when it stops and swept at start-up after a crash."""
+    objects = data / "objects"
+    if not objects.exists():
+        return []
+    return sorted(p.relative_to(data).as_posix() for p in objects.rglob("*.dcm") if p.stat().st_size == 0)
 
 
 def assert_consistent(data: Path, index: Any) -> list[str]:

@@ -104,3 +104,33 @@ def test_truncation_is_found_in_the_truncated_files_only() -> None:
         "malformed/MR_truncated_pixeldata.dcm",
         "malformed/RTPLAN_truncated.dcm",
     }
+
+
+def test_whole_reading_finds_what_truncation_finds() -> None:
+    """read_keys(whole=True) walks the data set once: it raises Truncated exactly where
+    truncation() reports a cut, at every cut point of real files, and otherwise reads
+    the same keys as without it."""
+    from pacsnode.data.header import Truncated, truncation
+
+    checked = 0
+    for name in ("CT_small.dcm", "MR_small.dcm", "rtplan.dcm"):
+        found = [p for p in FILES if p.name == name]
+        if not found:
+            continue
+        data = found[0].read_bytes()
+        with found[0].open("rb") as fp:
+            layout = read_layout(fp)
+        offset, ts = layout.dataset_offset, layout.transfer_syntax_uid
+        for cut in range(offset + 1, len(data) + 1, max(1, (len(data) - offset) // 97)):
+            part = data[:cut]
+            expected = truncation(part, offset, ts)
+            try:
+                header = read_keys(part, offset, ts, whole=True)
+            except Truncated:
+                assert expected is not None, (name, cut)
+            else:
+                assert expected is None, (name, cut)
+                plain = read_keys(part, offset, ts)
+                assert (header and header.values) == (plain and plain.values), (name, cut)
+            checked += 1
+    assert checked > 100

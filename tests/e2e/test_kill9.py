@@ -37,6 +37,7 @@ from peerkit import (
     make_instance,
     new_uid,
     part10_dataset,
+    premade_files,
 )
 
 ROUNDS = 20
@@ -148,6 +149,7 @@ def test_acknowledged_instances_survive_kill_9(tmp_path, index_url):
         assert len(ledger.acked) >= ROUNDS
         assert server.stop() == 0, server.output
         check_after_restart(data, index, ledger, f"seed {seed}, after a clean stop")
+        assert premade_files(data) == [], "a clean stop leaves no pre-made object file"
     finally:
         if server.proc.poll() is None:
             server.kill9()

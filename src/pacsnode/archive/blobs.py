@@ -1,4 +1,4 @@
-"""Instance files on local disk: spool, server-named object paths, group sync, orphan sweep."""
+"""Instance files on local disk: spool, server-named object paths and pre-made names, group sync, sweep."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import threading
 import uuid
+from collections import deque
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
@@ -19,8 +21,10 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 _syncfs = getattr(_libc, "syncfs", None)
 
 SPOOL = "spool"
-_SMALL_GROUP = 2  # groups up to this many files sync file by file, larger ones with syncfs
+SMALL_GROUP = 2  # groups up to this many files sync file by file, larger ones with syncfs
 OBJECTS = "objects"
+_POOL_LOW = 16  # pre-made object files: refill below this many
+_POOL_BATCH = 48  # files made per refill, under one directory sync
 
 
 class FileStore:
@@ -35,6 +39,17 @@ class FileStore:
         self.objects_dir.mkdir(parents=True, exist_ok=True)
         self._dirs: set[Path] = set()
         self._new_dirs: set[Path] = set()  # created since the last sync: their parent needs one too
+        # Pre-made object files: empty files whose names a background thread has already made
+        # durable (one directory sync for a batch), so that storing an instance in one costs
+        # its data sync only, and its creation leaves the critical path.
+        self._pool: deque[str] = deque()
+        self._stale: list[str] = []  # pre-made names of a past hour, to delete
+        self._pool_hour = ""
+        self._pool_cv = threading.Condition()
+        self._pool_thread: threading.Thread | None = None
+        self._pool_stop = False
+        self._premade: set[str] = set()  # handed out, not yet written or placed
+        self.refilled = threading.Event()  # set after each batch joins the pool
 
     def spool_path(self) -> Path:
         """A fresh spool file name (the file is created by ``open_spool``)."""
@@ -44,19 +59,125 @@ class FileStore:
         """Create a spool file for writing."""
         return path.open("xb", buffering=1 << 20)
 
-    def object_path(self, when: datetime) -> str:
-        """A new relative path for an instance received at ``when``: objects/YYYYMMDD/HH/<uuid>.dcm."""
-        return f"{OBJECTS}/{when:%Y%m%d}/{when:%H}/{uuid.uuid4().hex}.dcm"
+    def object_path(self, when: datetime, *, premade: bool = False) -> str:
+        """A new relative path for an instance received at ``when``: objects/YYYYMMDD/HH/<uuid>.dcm.
+
+        With ``premade``, an empty file of that hour whose name is already durable, when the
+        pool (``start_pool``) has one: for ``write_object``, not for ``place``'s renames.
+        """
+        hour = f"{OBJECTS}/{when:%Y%m%d}/{when:%H}"
+        if premade and self._pool_thread is not None:
+            with self._pool_cv:
+                if self._pool_hour != hour:
+                    # A new hour: the refill thread deletes the previous hour's names.
+                    self._pool_hour = hour
+                    self._stale.extend(self._pool)
+                    self._pool.clear()
+                    self._pool_cv.notify()
+                elif self._pool:
+                    relative = self._pool.popleft()
+                    self._premade.add(relative)
+                    if len(self._pool) < _POOL_LOW:
+                        self._pool_cv.notify()
+                    return relative
+                elif len(self._pool) < _POOL_LOW:
+                    self._pool_cv.notify()
+        return f"{hour}/{uuid.uuid4().hex}.dcm"
+
+    def start_pool(self) -> None:
+        """Start the thread that keeps empty object files with durable names ready."""
+        if self._pool_thread is None:
+            self._pool_stop = False
+            self._pool_thread = threading.Thread(target=self._refill, name="pacsnode-premake", daemon=True)
+            self._pool_thread.start()
+
+    def stop_pool(self) -> None:
+        """Stop the refill thread and delete the pre-made files nobody took."""
+        thread = self._pool_thread
+        if thread is None:
+            return
+        with self._pool_cv:
+            self._pool_stop = True
+            self._pool_cv.notify()
+        thread.join()
+        self._pool_thread = None
+        with self._pool_cv:
+            unused, self._pool = [*self._pool, *self._stale], deque()
+            self._stale = []
+        for relative in unused:
+            self.remove(self.root / relative)
+
+    def give_back(self, relative: str) -> None:
+        """A path from ``object_path`` that was not written: its pre-made file returns to the pool."""
+        if relative in self._premade:
+            self._premade.discard(relative)
+            with self._pool_cv:
+                if relative.startswith(self._pool_hour + "/"):
+                    self._pool.appendleft(relative)
+                    return
+            self.remove(self.root / relative)
+
+    def _refill(self) -> None:
+        while True:
+            with self._pool_cv:
+                while (
+                    not self._pool_stop
+                    and not self._stale
+                    and (len(self._pool) >= _POOL_LOW or not self._pool_hour)
+                ):
+                    self._pool_cv.wait()
+                if self._pool_stop:
+                    return
+                hour = self._pool_hour
+                stale, self._stale = self._stale, []
+                wanted = len(self._pool) < _POOL_LOW
+            for relative in stale:
+                self.remove(self.root / relative)
+            if not wanted:
+                continue
+            try:
+                made = self._premake(hour)
+            except OSError as exc:  # disk full, say: storing falls back to creating files itself
+                log.warning("cannot pre-make object files: %s", exc)
+                with self._pool_cv:
+                    self._pool_cv.wait(1.0)
+                continue
+            with self._pool_cv:
+                if self._pool_hour == hour:
+                    self._pool.extend(made)
+                    self.refilled.set()
+                    continue
+            for relative in made:
+                self.remove(self.root / relative)
+
+    def _premake(self, hour: str) -> list[str]:
+        directory = self.root / hour
+        fresh = not directory.exists()
+        directory.mkdir(parents=True, exist_ok=True)
+        made = []
+        for _ in range(_POOL_BATCH):
+            relative = f"{hour}/{uuid.uuid4().hex}.dcm"
+            os.close(os.open(self.root / relative, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            made.append(relative)
+        # DESIGN.md durability contract: the names are durable before any data goes in.
+        _fsync_path(directory)
+        if fresh:
+            _fsync_path(directory.parent)
+            _fsync_path(directory.parent.parent)
+        return made
 
     def absolute(self, relative: str) -> Path:
         """The file behind a relative path of the index."""
         return self.root / relative
 
     def write_object(self, relative: str, data: bytes) -> None:
-        """Create a new object file with these bytes (not yet durable: ``place`` makes it so)."""
+        """Write a new object file with these bytes (not yet durable: ``place`` makes it so)."""
         target = self.root / relative
-        self._ensure_dir(target.parent)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        if relative in self._premade:
+            fd = os.open(target, os.O_WRONLY)  # empty: made by _premake
+        else:
+            self._ensure_dir(target.parent)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             view = memoryview(data)
             while view:
@@ -90,14 +211,19 @@ class FileStore:
             if self.sync_mode == "fsync":
                 _fsync_path(spool)
             os.replace(spool, target)
+        premade = set()
         for relative in written:
             target = self.root / relative
-            dirs.add(target.parent)
+            if relative in self._premade:
+                premade.add(relative)  # its name is durable already: its data sync is enough
+                self._premade.discard(relative)
+            else:
+                dirs.add(target.parent)
             if self.sync_mode == "fsync":
-                _fsync_path(target)
+                _fsync_path(target, data_only=relative in premade)
         if not moves and not written:
             return
-        if self.sync_mode == "syncfs" and len(moves) + len(written) <= _SMALL_GROUP:
+        if self.sync_mode == "syncfs" and len(moves) + len(written) <= SMALL_GROUP:
             # A group of one or two (a single association): syncing its own files and
             # directory takes less time than a sync of the whole file system, whose
             # cost grows with whatever else the machine has written.
@@ -125,6 +251,11 @@ class FileStore:
         else:
             for directory in dirs | {d.parent for d in dirs}:
                 _fsync_path(directory)
+
+    def remove_object(self, relative: str) -> None:
+        """Delete an object file that was not placed (a refused or failed instance)."""
+        self._premade.discard(relative)
+        self.remove(self.root / relative)
 
     def remove(self, path: Path) -> None:
         """Delete a file, ignoring one that is already gone."""

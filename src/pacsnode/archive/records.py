@@ -9,7 +9,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from pacsnode.archive.index import InstanceRecord
-from pacsnode.data.header import HeaderError, RawHeader, read_header
+from pacsnode.data.header import HeaderError, RawHeader, Truncated, read_header
 from pacsnode.data.uids import NON_PATIENT_SOP_CLASSES
 
 
@@ -144,10 +144,17 @@ def uid_of(header: Dataset | RawHeader, tag: int) -> str:
     return source.text(tag).strip("\0 ")
 
 
-def read_keys(data: bytes, offset: int, transfer_syntax_uid: str) -> RawHeader | None:
-    """The index keys by the fast reader, or None when pydicom must do it."""
+def read_keys(data: bytes, offset: int, transfer_syntax_uid: str, *, whole: bool = False) -> RawHeader | None:
+    """The index keys by the fast reader, or None when pydicom must do it.
+
+    ``whole``: also walk the rest of the data set; raises Truncated if it is cut short.
+    """
     try:
-        header = read_header(data, offset, transfer_syntax_uid, WANTED)
+        header = read_header(data, offset, transfer_syntax_uid, WANTED, whole=whole)
+    except Truncated:
+        if whole:
+            raise
+        return None
     except (HeaderError, LookupError, UnicodeError, ValueError):
         return None
     # Elements out of order (a malformed header) can hide a UID from a reader that

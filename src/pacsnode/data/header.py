@@ -88,9 +88,18 @@ class RawHeader:
 
 
 def read_header(
-    data: bytes | memoryview, offset: int, transfer_syntax_uid: str, wanted: dict[int, bytes]
+    data: bytes | memoryview,
+    offset: int,
+    transfer_syntax_uid: str,
+    wanted: dict[int, bytes],
+    *,
+    whole: bool = False,
 ) -> RawHeader:
-    """Read the ``wanted`` top-level elements (tag -> VR for implicit VR) from ``data[offset:]``."""
+    """Read the ``wanted`` top-level elements (tag -> VR for implicit VR) from ``data[offset:]``.
+
+    ``whole``: go on to the end of the data set, raising Truncated if it is cut short
+    (what ``truncation`` tells, in the same walk).
+    """
     explicit = _is_explicit(transfer_syntax_uid)
     last = max(wanted)
     values: dict[int, tuple[bytes, bytes]] = {}
@@ -111,6 +120,8 @@ def read_header(
         if tag in wanted:
             values[tag] = (vr, bytes(buf[pos : pos + length]))
         pos += length
+    if whole:
+        _walk(buf, pos, explicit)
     return RawHeader(values)
 
 
@@ -144,7 +155,7 @@ def _element_header(
         _, _, vr, short = _EXPLICIT_SHORT.unpack_from(buf, pos)
         if vr in _LONG_VRS:
             if pos + 12 > len(buf):
-                raise HeaderError("truncated element header")
+                raise Truncated("the data set ends inside an element header")
             return vr, _U32.unpack_from(buf, pos + 8)[0], pos + 12
         if not (65 <= vr[0] <= 90 and 65 <= vr[1] <= 90):
             raise HeaderError(f"not an explicit VR: {vr!r}")
@@ -199,22 +210,25 @@ def truncation(data: bytes | memoryview, offset: int, transfer_syntax_uid: str) 
         explicit = _is_explicit(transfer_syntax_uid)
     except HeaderError:
         return None
-    buf = memoryview(data)
-    end = len(buf)
-    pos = offset
     try:
-        while pos < end:
-            if pos + 8 > end:
-                raise Truncated("the data set ends inside an element header")
-            _vr, length, pos = _element_header(buf, pos, explicit, None)
-            if length == _UNDEFINED:
-                pos = _skip_undefined(buf, pos, explicit, 0)
-            elif pos + length > end:
-                raise Truncated(f"an element of {length} bytes runs past the end of the data set")
-            else:
-                pos += length
+        _walk(memoryview(data), offset, explicit)
     except Truncated as exc:
         return str(exc)
     except (HeaderError, struct.error):
         return None
     return None
+
+
+def _walk(buf: memoryview, pos: int, explicit: bool) -> None:
+    """Walk the top-level elements from ``pos`` to the end; raise Truncated if cut short."""
+    end = len(buf)
+    while pos < end:
+        if pos + 8 > end:
+            raise Truncated("the data set ends inside an element header")
+        _vr, length, pos = _element_header(buf, pos, explicit, None)
+        if length == _UNDEFINED:
+            pos = _skip_undefined(buf, pos, explicit, 0)
+        elif pos + length > end:
+            raise Truncated(f"an element of {length} bytes runs past the end of the data set")
+        else:
+            pos += length

@@ -91,9 +91,10 @@ class StorageSCP:
                 )
             )
             return
-        result = await self.archive.ingest(sink)
+        tally = self._tally(request)
+        result = await self.archive.ingest(sink, alone=len(self._received) == 1)
         failure = None if result.ok else f"0x{result.status:04X} {result.comment}".strip()
-        self._tally(request).add_record(result.record, cmd.affected_sop_class_uid or "", failure)
+        tally.add_record(result.record, cmd.affected_sop_class_uid or "", failure)
         if not result.ok:
             log.warning(
                 "C-STORE of %s from %s refused: 0x%04X %s",
