@@ -73,15 +73,22 @@ class HotPath:
         self.sqlite = dialect == "sqlite"
         # sqlite3 takes :name parameters, psycopg %(name)s.
         self._sql = {k: self._style(v) for k, v in _SQL.items()}
+        self._find_sql: dict[int, str] = {}  # by the number of UIDs looked up
+        self._last_time: tuple[datetime, Any] | None = None  # a group's rows share one time
 
     def _style(self, sql: str) -> str:
         return re.sub(r"%\((\w+)\)s", r":\1", sql) if self.sqlite else sql
 
     def _time(self, value: datetime) -> Any:
         # SQLAlchemy's SQLite DateTime stores naive "YYYY-MM-DD HH:MM:SS.ffffff" text (UTC here).
-        if self.sqlite:
-            return value.astimezone(UTC).replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
-        return value
+        if not self.sqlite:
+            return value
+        last = self._last_time
+        if last is not None and last[0] is value:
+            return last[1]
+        text = value.astimezone(UTC).replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
+        self._last_time = (value, text)
+        return text
 
     def _read_time(self, value: Any) -> datetime | None:
         if value is None:
@@ -98,7 +105,11 @@ class HotPath:
         if not uids:
             return []
         params = {f"u{i}": uid for i, uid in enumerate(uids)}
-        sql = self._style(_FIND.format(", ".join(f"%({k})s" for k in params)))
+        sql = self._find_sql.get(len(uids))
+        if sql is None:
+            sql = self._style(_FIND.format(", ".join(f"%({k})s" for k in params)))
+            if len(self._find_sql) < 512:
+                self._find_sql[len(uids)] = sql
         cursor = conn.connection.cursor()
         try:
             cursor.execute(sql, params)

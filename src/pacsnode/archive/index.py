@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
+import threading
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +32,9 @@ from pacsnode.archive.schema import (
 from pacsnode.data.uids import NON_PATIENT_SOP_CLASSES
 
 log = logging.getLogger("pacsnode.archive")
+# SQLite: a background WAL checkpoint after this many store() groups (SQLite's own default is
+# every 1,000 WAL pages; a one-instance group writes ~8).
+_CHECKPOINT_EVERY = 128
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -171,6 +177,15 @@ class ArchiveIndex:
         self._reader: Engine | None = None
         self._hot = HotPath(self.engine.dialect.name)
         self.forget_ids()
+        # SQLite: store() keeps its connection between groups (a pool checkout and return
+        # cost as much as the statements of a one-instance group) and does not checkpoint
+        # the WAL itself; a background thread does, every _CHECKPOINT_EVERY groups.
+        self._sqlite = self.engine.dialect.name == "sqlite"
+        self._writer: Connection | None = None
+        self._writer_lock = threading.Lock()
+        self._groups = 0
+        self._checkpointer: ThreadPoolExecutor | None = None
+        self._checkpointing: Future[None] | None = None
 
     def migrate(self, revision: str = "head") -> None:
         """Bring the schema to the newest (or the given) Alembic revision."""
@@ -208,6 +223,13 @@ class ArchiveIndex:
 
     def dispose(self) -> None:
         """Close pooled connections."""
+        with self._writer_lock:
+            if self._checkpointer is not None:
+                self._checkpointer.shutdown(wait=True)
+                self._checkpointer = None
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
         self.engine.dispose()
         if self._reader is not None:
             self._reader.dispose()
@@ -227,6 +249,8 @@ class ArchiveIndex:
         and the computed attributes are updated by increments.  ``before_commit``
         runs last inside the transaction: an exception from it rolls everything back.
         """
+        if self._sqlite:
+            return self._store_sqlite(records, policy, before_commit)
         try:
             with self.engine.begin() as conn:
                 outcomes = self._store(conn, records, policy)
@@ -236,6 +260,47 @@ class ArchiveIndex:
         except BaseException:
             self.forget_ids()  # ids cached in a rolled-back transaction are not real
             raise
+
+    def _store_sqlite(
+        self, records: Sequence[InstanceRecord], policy: str, before_commit: Callable[[], None] | None
+    ) -> list[StoreOutcome]:
+        with self._writer_lock:
+            if self._writer is None:
+                self._writer = self.engine.connect()
+                # Checkpoints run in the background (_checkpoint), not in this commit.
+                self._writer.exec_driver_sql("PRAGMA wal_autocheckpoint=0")
+                self._writer.commit()
+            conn = self._writer
+            try:
+                with conn.begin():
+                    outcomes = self._store(conn, records, policy)
+                    if before_commit is not None:
+                        before_commit()
+            except BaseException:
+                self.forget_ids()  # ids cached in a rolled-back transaction are not real
+                self._writer = None  # a fresh connection next time, whatever state this one is in
+                with contextlib.suppress(Exception):
+                    conn.close()
+                raise
+            self._groups += 1
+            if self._groups % _CHECKPOINT_EVERY == 0:
+                self._start_checkpoint()
+            return outcomes
+
+    def _start_checkpoint(self) -> None:
+        if self._checkpointing is not None and not self._checkpointing.done():
+            return
+        if self._checkpointer is None:
+            self._checkpointer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pacsnode-checkpoint")
+        self._checkpointing = self._checkpointer.submit(self._checkpoint)
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database (PASSIVE: never waits for, nor blocks, the writer)."""
+        try:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+        except Exception as exc:  # the next one will try again; the WAL only grows meanwhile
+            log.warning("index checkpoint failed: %s", exc)
 
     def _store(self, conn: Connection, records: Sequence[InstanceRecord], policy: str) -> list[StoreOutcome]:
         if any(r.sop_class_uid in NON_PATIENT_SOP_CLASSES for r in records):
