@@ -125,7 +125,7 @@ def _level(source: _Source, fields: tuple[_Field, ...]) -> dict[str, Any]:
 
 def _uid(source: _Source, keyword: str, tag: int, *, required: bool = True) -> str:
     value = source.text(tag).strip("\0 ")
-    if not all(" " <= c <= "~" for c in value):
+    if not (value.isascii() and value.isprintable()):  # only " " to "~"
         # Fix (tests/security): a UID with a control character (a NUL, a line feed) is refused;
         # PostgreSQL failed the whole group commit on a NUL, SQLite indexed it.
         raise InvalidInstance(f"{keyword} holds control or non-ASCII characters")
