@@ -6,6 +6,7 @@ import contextlib
 import enum
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ log = logging.getLogger("pacsnode.archive")
 # SQLite: a background WAL checkpoint after this many store() groups (SQLite's own default is
 # every 1,000 WAL pages; a one-instance group writes ~8).
 _CHECKPOINT_EVERY = 128
+# PostgreSQL: store()'s kept connection is exchanged for a pinged one after this many idle seconds.
+_WRITER_IDLE = 2.0
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -177,11 +180,13 @@ class ArchiveIndex:
         self._reader: Engine | None = None
         self._hot = HotPath(self.engine.dialect.name)
         self.forget_ids()
-        # SQLite: store() keeps its connection between groups (a pool checkout and return
-        # cost as much as the statements of a one-instance group) and does not checkpoint
-        # the WAL itself; a background thread does, every _CHECKPOINT_EVERY groups.
+        # store() keeps its connection between groups (a pool checkout and return, and on
+        # PostgreSQL the pre-ping's round trip, cost as much as the statements of a
+        # one-instance group). SQLite: it does not checkpoint the WAL itself; a background
+        # thread does, every _CHECKPOINT_EVERY groups.
         self._sqlite = self.engine.dialect.name == "sqlite"
         self._writer: Connection | None = None
+        self._writer_used = 0.0
         self._writer_lock = threading.Lock()
         self._groups = 0
         self._checkpointer: ThreadPoolExecutor | None = None
@@ -249,28 +254,23 @@ class ArchiveIndex:
         and the computed attributes are updated by increments.  ``before_commit``
         runs last inside the transaction: an exception from it rolls everything back.
         """
-        if self._sqlite:
-            return self._store_sqlite(records, policy, before_commit)
-        try:
-            with self.engine.begin() as conn:
-                outcomes = self._store(conn, records, policy)
-                if before_commit is not None:
-                    before_commit()
-                return outcomes
-        except BaseException:
-            self.forget_ids()  # ids cached in a rolled-back transaction are not real
-            raise
-
-    def _store_sqlite(
-        self, records: Sequence[InstanceRecord], policy: str, before_commit: Callable[[], None] | None
-    ) -> list[StoreOutcome]:
         with self._writer_lock:
-            if self._writer is None:
-                self._writer = self.engine.connect()
-                # Checkpoints run in the background (_checkpoint), not in this commit.
-                self._writer.exec_driver_sql("PRAGMA wal_autocheckpoint=0")
-                self._writer.commit()
             conn = self._writer
+            now = time.monotonic()
+            if conn is not None and not self._sqlite and now - self._writer_used > _WRITER_IDLE:
+                # PostgreSQL: a connection idle for a while may have been dropped (a server
+                # restart, a firewall); a fresh checkout is pinged by the pool first.
+                self._writer = None
+                with contextlib.suppress(Exception):
+                    conn.close()
+                conn = None
+            if conn is None:
+                conn = self._writer = self.engine.connect()
+                if self._sqlite:
+                    # Checkpoints run in the background (_checkpoint), not in this commit.
+                    conn.exec_driver_sql("PRAGMA wal_autocheckpoint=0")
+                    conn.commit()
+            self._writer_used = now
             try:
                 with conn.begin():
                     outcomes = self._store(conn, records, policy)
@@ -283,7 +283,7 @@ class ArchiveIndex:
                     conn.close()
                 raise
             self._groups += 1
-            if self._groups % _CHECKPOINT_EVERY == 0:
+            if self._sqlite and self._groups % _CHECKPOINT_EVERY == 0:
                 self._start_checkpoint()
             return outcomes
 
