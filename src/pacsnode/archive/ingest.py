@@ -72,7 +72,7 @@ class SpoolSink:
         source_ae_title: str,
         memory_limit: int = 1 << 20,
     ) -> None:
-        self.path = store.spool_path()
+        self._path: Path | None = None  # named when first needed: most data sets never spill
         self._store = store
         self.sop_class_uid = sop_class_uid
         self.sop_instance_uid = sop_instance_uid
@@ -92,6 +92,13 @@ class SpoolSink:
         meta = file_meta(sop_class_uid, sop_instance_uid, transfer_syntax_uid, source_ae_title)
         self._parts: list[bytes] | None = [meta]
         self._buffered = self.meta_length = len(meta)
+
+    @property
+    def path(self) -> Path:
+        """The spool file's name (the file exists only once the data set spilled to disk)."""
+        if self._path is None:
+            self._path = self._store.spool_path()
+        return self._path
 
     @property
     def in_memory(self) -> bool:
@@ -180,7 +187,8 @@ class SpoolSink:
         """Nothing of this data set is kept."""
         self._parts = None
         self._close()
-        self._store.remove(self.path)
+        if self._path is not None:
+            self._store.remove(self._path)
 
 
 @dataclass(slots=True)
@@ -416,7 +424,7 @@ class Archive:
                 status, comment = Status.OUT_OF_RESOURCES, "index database unavailable"
             for item in ready:
                 item.result = StoreResult(status, comment, item.sink.sop_instance_uid)
-                self.store.remove(item.sink.path)
+                item.sink.discard()
                 self.store.remove_object(item.relative)
             return
         deleted: list[str] = []

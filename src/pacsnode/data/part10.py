@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO
 
@@ -43,19 +44,33 @@ def file_meta(
     Written by hand rather than through pydicom's writer because it runs once per
     received instance: this is ~20 times faster and produces the same bytes.
     """
-    body = [
-        _element(0x0001, b"OB", b"\x00\x01"),  # File Meta Information Version
-        _element(0x0002, b"UI", _uid(sop_class_uid)),  # Media Storage SOP Class UID
-        _element(0x0003, b"UI", _uid(sop_instance_uid)),  # Media Storage SOP Instance UID
-        _element(0x0010, b"UI", _uid(transfer_syntax_uid)),  # Transfer Syntax UID
-        _element(0x0012, b"UI", _uid(IMPLEMENTATION_CLASS_UID)),  # Implementation Class UID
-        _element(0x0013, b"SH", _text(IMPLEMENTATION_VERSION_NAME)),  # Implementation Version Name
-    ]
-    if source_ae_title:
-        body.append(_element(0x0016, b"AE", _text(source_ae_title)))  # Source Application Entity Title
-    payload = b"".join(body)
+    payload = (
+        _meta_head(sop_class_uid)
+        + _element(0x0003, b"UI", _uid(sop_instance_uid))  # Media Storage SOP Instance UID
+        + _meta_tail(transfer_syntax_uid, source_ae_title or "")
+    )
     group_length = _EXPLICIT_SHORT.pack(0x0002, 0x0000, b"UL", 4) + struct.pack("<I", len(payload))
     return PREAMBLE + group_length + payload
+
+
+@lru_cache(maxsize=256)
+def _meta_head(sop_class_uid: str) -> bytes:
+    return (
+        _element(0x0001, b"OB", b"\x00\x01")  # File Meta Information Version
+        + _element(0x0002, b"UI", _uid(sop_class_uid))  # Media Storage SOP Class UID
+    )
+
+
+@lru_cache(maxsize=256)
+def _meta_tail(transfer_syntax_uid: str, source_ae_title: str) -> bytes:
+    tail = (
+        _element(0x0010, b"UI", _uid(transfer_syntax_uid))  # Transfer Syntax UID
+        + _element(0x0012, b"UI", _uid(IMPLEMENTATION_CLASS_UID))  # Implementation Class UID
+        + _element(0x0013, b"SH", _text(IMPLEMENTATION_VERSION_NAME))  # Implementation Version Name
+    )
+    if source_ae_title:
+        tail += _element(0x0016, b"AE", _text(source_ae_title))  # Source Application Entity Title
+    return tail
 
 
 @dataclass(frozen=True, slots=True)
