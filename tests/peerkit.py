@@ -655,15 +655,25 @@ def start_threaded_node(settings: Settings, *, http: bool = False, audit: Any = 
 
 def data_files(data: Path) -> list[str]:
     """Every file under a data folder, relative, except the SQLite index files and the
-    pre-made object files (empty files a running node keeps ready, see `premade_files`)."""
-    premade = set(premade_files(data))
-    return sorted(
-        rel
-        for p in data.rglob("*")
-        if p.is_file()
-        and not p.name.startswith("index.sqlite")
-        and (rel := p.relative_to(data).as_posix()) not in premade
-    )
+    pre-made object files (empty files a running node keeps ready, see `premade_files`).
+
+    One walk, each file judged as it is met: the node's pool may add empty files meanwhile."""
+    out = []
+    for p in data.rglob("*"):
+        if not p.is_file() or p.name.startswith("index.sqlite"):
+            continue
+        rel = p.relative_to(data).as_posix()
+        if rel.startswith("objects/") and _size_or_none(p) in (0, None):
+            continue  # pre-made (empty), or gone since the walk met it
+        out.append(rel)
+    return sorted(out)
+
+
+def _size_or_none(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
 
 
 def premade_files(data: Path) -> list[str]:
@@ -672,7 +682,7 @@ def premade_files(data: Path) -> list[str]:
     objects = data / "objects"
     if not objects.exists():
         return []
-    return sorted(p.relative_to(data).as_posix() for p in objects.rglob("*.dcm") if p.stat().st_size == 0)
+    return sorted(p.relative_to(data).as_posix() for p in objects.rglob("*.dcm") if _size_or_none(p) == 0)
 
 
 def assert_consistent(data: Path, index: Any) -> list[str]:
