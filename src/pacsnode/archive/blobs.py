@@ -79,7 +79,7 @@ class FileStore:
                     if len(self._pool) < _POOL_LOW:
                         self._pool_cv.notify()
                     return relative
-                elif len(self._pool) < _POOL_LOW:
+                else:  # empty: ask for a refill, use a fresh name meanwhile
                     self._pool_cv.notify()
         return f"{hour}/{_random_name()}.dcm"
 

@@ -244,10 +244,10 @@ class Archive:
         self.store.sweep(())
         orphans = [p for p in recent if p not in known]
         # Empty ones are pre-made names an interrupted run had not used yet: nothing to recover.
-        premade = [p for p in orphans if _size(self.store.absolute(p)) == 0]
+        premade = {p for p in orphans if _size(self.store.absolute(p)) == 0}
         for relative in premade:
             self.store.remove(self.store.absolute(relative))
-        orphans = [p for p in orphans if p not in set(premade)]
+        orphans = [p for p in orphans if p not in premade]
         if orphans:
             self._recover(orphans)
 
@@ -321,9 +321,8 @@ class Archive:
             item = _Pending(sink)
             try:
                 self._commit([item])
-            except Exception as exc:  # as in _commit_loop
-                log.exception("commit of 1 instance failed")
-                item.result = item.result or StoreResult(Status.PROCESSING_FAILURE, str(exc)[:64])
+            except Exception as exc:  # the committer must survive anything, here too
+                _failed([item], exc)
             finally:
                 self._exclusive.release()
             self._announce([item])
@@ -359,9 +358,7 @@ class Archive:
             try:
                 await loop.run_in_executor(self._worker, self._locked, self._commit, batch)
             except Exception as exc:  # the committer must survive anything
-                log.exception("commit of %d instance(s) failed", len(batch))
-                for item in batch:
-                    item.result = item.result or StoreResult(Status.PROCESSING_FAILURE, str(exc)[:64])
+                _failed(batch, exc)
             for item in batch:
                 if item.future is not None and not item.future.done():
                     item.future.set_result(_final(item))
@@ -396,9 +393,9 @@ class Archive:
         if not ready:
             return
         records = [item.record for item in ready if item.record is not None]
-        # The file sync runs in a second thread while this one writes the index
-        # rows; the transaction commits only once the sync has returned, so a row
-        # is never durable before its file (DESIGN.md durability contract).
+        # The files are synced (here for a small group, else in the syncer thread while
+        # this one writes the index rows); the transaction commits only once the sync has
+        # returned, so a row is never durable before its file (DESIGN.md durability contract).
         moves = [(item.sink.path, item.relative) for item in ready if not item.sink.placed]
         written = [item.relative for item in ready if item.sink.placed]
         placing: Future[None]
@@ -584,6 +581,13 @@ class Archive:
         except Exception as exc:
             return StoreResult(Status.CANNOT_UNDERSTAND, f"{path}: {exc}")
         return sink
+
+
+def _failed(batch: Sequence[_Pending], exc: Exception) -> None:
+    """A commit raised: each instance not yet answered gets a processing failure."""
+    log.exception("commit of %d instance(s) failed", len(batch))
+    for item in batch:
+        item.result = item.result or StoreResult(Status.PROCESSING_FAILURE, str(exc)[:64])
 
 
 def _size(path: Path) -> int | None:
