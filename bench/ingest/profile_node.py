@@ -8,6 +8,7 @@ import cProfile
 import os
 import pstats
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -53,6 +54,20 @@ def _executors(obj: object) -> list[tuple[str, ThreadPoolExecutor]]:
     return [(k, v) for k, v in vars(obj).items() if isinstance(v, ThreadPoolExecutor)]
 
 
+def _thread_cpu() -> dict[str, tuple[float, float]]:
+    """CPU seconds (user, system) of each live thread of this process, by "name:tid" (Linux /proc)."""
+    out: dict[str, tuple[float, float]] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # the thread ended
+        out[f"{name}:{task.name}"] = (int(fields[11]) / tick, int(fields[12]) / tick)
+    return out
+
+
 def _on(pool: ThreadPoolExecutor, fn: Callable[[], Any]) -> Any:
     return pool.submit(fn).result(timeout=30)
 
@@ -64,7 +79,7 @@ async def _serve_and_drive(
     index_url: str,
     profile: bool,
     extra: dict[str, dict[str, Any]],
-) -> tuple[float, list[ThreadProfile]]:
+) -> tuple[float, tuple[float, float], dict[str, tuple[float, float]], list[ThreadProfile]]:
     from pacsnode.config.settings import load_settings
     from pacsnode.net.node import Node
 
@@ -107,16 +122,24 @@ async def _serve_and_drive(
                 _on(pool, tp.profile.enable)
             threads[0].cpu0 = time.thread_time()
             threads[0].profile.enable()
+        cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+        by_thread0 = _thread_cpu()
         try:
             elapsed = await send(split(dataset, associations))
         finally:
+            cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+            by_thread = {
+                k: (u - by_thread0.get(k, (0.0, 0.0))[0], s - by_thread0.get(k, (0.0, 0.0))[1])
+                for k, (u, s) in _thread_cpu().items()
+            }
             if profile:
                 threads[0].profile.disable()
                 threads[0].cpu = time.thread_time() - threads[0].cpu0
                 for tp, (_, pool) in zip(threads[1:], pools, strict=True):
                     _on(pool, tp.profile.disable)
                     tp.cpu = _on(pool, time.thread_time) - tp.cpu0
-        return dataset.count / elapsed, threads
+        cpu = (cpu1.ru_utime - cpu0.ru_utime, cpu1.ru_stime - cpu0.ru_stime)
+        return dataset.count / elapsed, cpu, by_thread, threads
     finally:
         await node.close()
 
@@ -127,7 +150,7 @@ def run_cprofile(args: argparse.Namespace, dataset: DataSet, index_url: str) -> 
     with scratch(args.workdir, args.cache, "profile-") as tmp:
         os.sync()
         t0 = time.perf_counter()
-        rate, threads = run_loop(
+        rate, (user, system), by_thread, threads = run_loop(
             _serve_and_drive(
                 dataset, args.associations, Path(tmp), index_url, not args.no_profile, args.settings
             )
@@ -139,6 +162,16 @@ def run_cprofile(args: argparse.Namespace, dataset: DataSet, index_url: str) -> 
         f"{rate:,.0f} instances/s, {rate * dataset.bytes / dataset.count / 1e6:,.1f} MB/s {where} "
         f"({wall:.1f} s with start-up)"
     )
+    per = 1e3 / dataset.count
+    print(
+        f"node process CPU: {(user + system) * per:.3f} ms per instance "
+        f"(user {user * per:.3f}, system {system * per:.3f})"
+    )
+    busy = sorted(((u + s, u, s, k) for k, (u, s) in by_thread.items()), reverse=True)
+    for total, u, s, k in busy:
+        if total * per < 0.005:
+            break
+        print(f"  thread {k}: user {u * per:.3f}, system {s * per:.3f}")
     for tp in threads:
         print(
             f"\n=== thread {tp.name}: {tp.cpu:.2f} s CPU, {tp.cpu / dataset.count * 1e3:.3f} ms per instance"

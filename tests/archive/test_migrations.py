@@ -56,19 +56,6 @@ def test_a_0_1_archive_gets_its_name_keys(index: ArchiveIndex) -> None:
         assert len(conn.execute(select(patient_name_keys)).all()) == len(rows)
 
 
-def test_postgresql_writer_plans_each_statement_for_the_table_as_it_is(index: ArchiveIndex) -> None:
-    # A generic plan that PostgreSQL caches for a prepared statement while the index is
-    # empty (a sequential scan) would stay as the tables grow: a fresh index filled at
-    # 14,000 instances/s fell to 340/s at 120k. The writer plans with its values; readers
-    # keep the default (their planning time would show in every C-FIND).
-    if index.engine.dialect.name != "postgresql":
-        pytest.skip("PostgreSQL only")
-    with index.engine.connect() as conn:
-        assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar_one() == "force_custom_plan"
-    with index.reader.connect() as conn:
-        assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar_one() == "auto"
-
-
 def test_patients_without_an_id_are_no_longer_merged_after_0003(index: ArchiveIndex) -> None:
     # Up to 0002, (patient_id, issuer) was unique, so studies without a Patient ID shared one
     # patient record (and its name). 0003 keeps the rows and ids, and lets new ones split.

@@ -152,15 +152,16 @@ def make_engine(url: str, *, reader: bool = False) -> Engine:
             # point and start-up re-indexes what a server crash lost.
             # TCP keepalives and tcp_user_timeout break a connection to a server that
             # stopped answering, which statement_timeout (server side) cannot.
-            # The writer plans every statement with its values (plan_cache_mode=force_custom_plan):
-            # psycopg prepares a statement after a few runs, and PostgreSQL then reuses a generic
-            # plan made while the tables were small (a sequential scan) until an ANALYZE, which
-            # with autovacuum off never comes: a fresh index filled at 14,000/s fell to 340/s at
-            # 120k instances. Readers keep generic plans, whose planning time a query would feel.
+            # Plans: psycopg prepares a statement after a few runs and PostgreSQL may then reuse
+            # a generic plan made while the tables were empty, until an ANALYZE (which, with
+            # autovacuum off, never comes). The duplicate check (HotPath.find) is therefore never
+            # prepared: with a cached plan, a fresh index filled in groups of 40 fell from 600 to
+            # 236 instances/s by 60k instances. The other hot statements find rows by primary
+            # key or foreign key index, which a generic plan keeps: 5,000-5,500/s flat to 200k,
+            # against 3,400/s when every statement was planned afresh (force_custom_plan).
             connect_args={
                 "connect_timeout": 5,
-                "options": "-c statement_timeout=30000 -c synchronous_commit=off"
-                + ("" if reader else " -c plan_cache_mode=force_custom_plan"),
+                "options": "-c statement_timeout=30000 -c synchronous_commit=off",
                 "keepalives": 1,
                 "keepalives_idle": 5,
                 "keepalives_interval": 2,
@@ -271,12 +272,19 @@ class ArchiveIndex:
                     conn.exec_driver_sql("PRAGMA wal_autocheckpoint=0")
                     conn.commit()
             self._writer_used = now
+            self._hot.reset()
             try:
                 with conn.begin():
                     outcomes = self._store(conn, records, policy)
+                    if self._sqlite:
+                        self._hot.flush(conn)  # beside a large group's file sync (the syncer thread)
                     if before_commit is not None:
                         before_commit()
+                    if not self._sqlite:
+                        # The writes and the COMMIT in one round trip, once the files are durable.
+                        self._hot.flush(conn, commit=True)
             except BaseException:
+                self._hot.reset()
                 self.forget_ids()  # ids cached in a rolled-back transaction are not real
                 self._writer = None  # a fresh connection next time, whatever state this one is in
                 with contextlib.suppress(Exception):
@@ -337,7 +345,7 @@ class ArchiveIndex:
         }
         if known is None:
             conn.execute(table.insert().values(**values))
-            self._hot.insert_changes(conn, [_change(record, "created", "non-patient object")])
+            self._hot.insert_changes([_change(record, "created", "non-patient object")])
             return StoreOutcome(Outcome.STORED)
         if known.sha256 == record.sha256:
             return StoreOutcome(Outcome.IDENTICAL_DUPLICATE, record.path)
@@ -347,7 +355,7 @@ class ArchiveIndex:
             return StoreOutcome(Outcome.KEPT_FIRST, record.path)
         conn.execute(table.update().where(table.c.id == known.id).values(**values))
         conn.execute(trash.insert().values(path=known.path, at=record.received_at))
-        self._hot.insert_changes(conn, [_change(record, "replaced", "non-patient object")])
+        self._hot.insert_changes([_change(record, "replaced", "non-patient object")])
         return StoreOutcome(Outcome.REPLACED, known.path)
 
     def _store_patient(
@@ -391,8 +399,9 @@ class ArchiveIndex:
                     continue
                 # replace: the old row goes now, its file after the commit.
                 if new_rows:  # the old row may be one of this group's
-                    self._hot.insert_instances(conn, new_rows)
+                    self._hot.insert_instances(new_rows)
                     new_rows = []
+                self._hot.flush(conn)  # the DELETE below must see the queued rows
                 conn.execute(instances.delete().where(instances.c.sop_instance_uid == uid))
                 conn.execute(trash.insert().values(path=known.path, at=record.received_at))
                 recount_series.add(known.series_fk)
@@ -424,9 +433,9 @@ class ArchiveIndex:
             self._note_study_content(study_fk, record)
             outcomes.append(StoreOutcome(Outcome.REPLACED if obsolete else Outcome.STORED, obsolete))
         if new_rows:
-            self._hot.insert_instances(conn, new_rows)
+            self._hot.insert_instances(new_rows)
         if change_rows:
-            self._hot.insert_changes(conn, change_rows)
+            self._hot.insert_changes(change_rows)
         self._count(conn, added, recount_series, recount_studies)
         return outcomes
 
@@ -555,13 +564,10 @@ class ArchiveIndex:
         # increments on the hot path and by a full recount after a replacement or for
         # a study met for the first time since start-up.
         by_study: dict[int, int] = {}
-        new_series: dict[int, int] = {}
         for series_id, n in added.items():
             study = self._study_of_series(conn, series_id)
             if series_id not in recount_series:
-                current = self._hot.add_to_series(conn, series_id, n)
-                if current == n:  # the series had no instance before this group
-                    new_series[study] = new_series.get(study, 0) + 1
+                self._hot.add_to_series(series_id, n)
             by_study[study] = by_study.get(study, 0) + n
         full = {s for s in by_study if s not in self._study_content} | recount_studies
         for study_id, n in by_study.items():
@@ -571,9 +577,10 @@ class ArchiveIndex:
             if study_id in self._dirty_content:
                 modalities, sop_classes = self._study_content[study_id]
                 content = ("\\".join(sorted(modalities)), "\\".join(sorted(sop_classes)))
-            self._hot.add_to_study(conn, study_id, n, new_series.get(study_id, 0), content)
+            self._hot.add_to_study(study_id, n, content)
         self._dirty_content.clear()
         if recount_series or full:
+            self._hot.flush(conn)  # the recount reads the queued rows
             self._recount(conn, recount_series, full)
 
     def _recount(self, conn: Connection, series_ids: set[int], study_ids: set[int]) -> None:
