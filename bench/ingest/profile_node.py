@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import os
 import pstats
@@ -13,9 +14,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,10 +146,28 @@ async def _serve_and_drive(
         await node.close()
 
 
+@contextlib.contextmanager
+def _work_folder(args: argparse.Namespace) -> Iterator[Path]:
+    """The node's data folder: deleted afterwards, or with --keep left for the user to delete.
+
+    Keeping it matters for back-to-back runs: on an ext4 without journal, files created
+    within minutes of mass deletions cost up to ~1 ms each (bench/README.md).
+    """
+    if not args.keep:
+        with scratch(args.workdir, args.cache, "profile-") as tmp:
+            yield tmp
+        return
+    base = args.workdir or args.cache
+    base.mkdir(parents=True, exist_ok=True)
+    kept = Path(tempfile.mkdtemp(prefix="profile-kept-", dir=base))
+    print(f"data folder kept: {kept}", file=sys.stderr)
+    yield kept
+
+
 def run_cprofile(args: argparse.Namespace, dataset: DataSet, index_url: str) -> int:
     from pacsnode.net.loop import run_loop
 
-    with scratch(args.workdir, args.cache, "profile-") as tmp:
+    with _work_folder(args) as tmp:
         os.sync()
         t0 = time.perf_counter()
         rate, (user, system), by_thread, threads = run_loop(
@@ -285,6 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("-o", "--output", help="also keep the raw profile(s) here (prefix for cProfile)")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="data set cache folder")
     p.add_argument("--workdir", type=Path, help="where the node stores (default: the cache folder)")
+    p.add_argument("--keep", action="store_true", help="cProfile mode: leave the node's data folder in place")
     p.add_argument(
         "--set",
         dest="overrides",
