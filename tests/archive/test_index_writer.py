@@ -118,3 +118,34 @@ def test_postgresql_duplicate_check_is_planned_with_its_values(index_url):
         assert mode == "auto"
     finally:
         index.dispose()
+
+
+def test_open_transactions_are_counted_across_engines_of_one_database(tmp_path):
+    """What the event loop asks before committing inline: does any thread hold a transaction
+    on this SQLite file (the index's engine, the audit trail's, another index object's)?"""
+    url = f"sqlite:///{tmp_path / 'index.sqlite'}"
+    index, other = ArchiveIndex(url), ArchiveIndex(url)
+    index.migrate()
+    try:
+        assert index_module.open_transactions(index.engine) == 0
+        with other.engine.begin() as conn:
+            conn.exec_driver_sql("SELECT 1")
+            assert index_module.open_transactions(index.engine) == 1
+        assert index_module.open_transactions(index.engine) == 0
+        with pytest.raises(RuntimeError), other.engine.connect() as conn, conn.begin():
+            assert index_module.open_transactions(index.engine) == 1
+            raise RuntimeError("rolled back")
+        assert index_module.open_transactions(index.engine) == 0
+        index.store(_records(1), "reject")
+        assert index_module.open_transactions(index.engine) == 0
+        # Another database's transactions do not count.
+        elsewhere = ArchiveIndex(f"sqlite:///{tmp_path / 'other.sqlite'}")
+        try:
+            with elsewhere.engine.begin() as conn:
+                conn.exec_driver_sql("SELECT 1")
+                assert index_module.open_transactions(index.engine) == 0
+        finally:
+            elsewhere.dispose()
+    finally:
+        other.dispose()
+        index.dispose()

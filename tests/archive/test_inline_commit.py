@@ -6,6 +6,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import pytest
+
 from peerkit import AE_TITLE, CT_IMAGE_STORAGE, EXPLICIT_VR_LE, HOST, make_instance
 
 
@@ -23,11 +25,14 @@ def _spy(node: Any) -> list[str]:
     return threads
 
 
-def _associate(port: int) -> Any:
+def _associate(port: int, *, verification: bool = False) -> Any:
     from pynetdicom import AE
 
     ae = AE(ae_title="INLINE")
-    ae.add_requested_context(CT_IMAGE_STORAGE, EXPLICIT_VR_LE)
+    if verification:
+        ae.add_requested_context("1.2.840.10008.1.1")
+    else:
+        ae.add_requested_context(CT_IMAGE_STORAGE, EXPLICIT_VR_LE)
     assoc = ae.associate(HOST, port, ae_title=AE_TITLE)
     assert assoc.is_established
     return assoc
@@ -74,3 +79,61 @@ def test_where_each_group_is_committed(make_storage_node, index_url, monkeypatch
     else:
         assert where == [committer] * 5
     assert all(node.index.instance(uid) is not None for uid in stored)
+
+
+def test_a_transaction_elsewhere_never_holds_up_the_event_loop(make_storage_node, index_url):
+    """While another thread of the node holds SQLite's write lock (a worklist update, an
+    audit record...), a lone association's instance goes to the committer thread, which
+    waits for the lock: the event loop keeps answering other associations meanwhile.
+    (Committed on the loop, it would wait there for the lock, up to the 5 s busy timeout,
+    and then fail with A700.)"""
+    if index_url:
+        pytest.skip("inline commits are SQLite's only")
+    node = make_storage_node()
+    index = node.node.archive.index
+    entered = threading.Event()
+    real_store = index.store
+
+    def store(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        return real_store(*args, **kwargs)
+
+    index.store = store
+    locked, echoed = threading.Event(), threading.Event()
+
+    def hold_the_write_lock() -> None:
+        with index.engine.connect() as conn, conn.begin() as tx:
+            conn.exec_driver_sql("INSERT INTO trash (path, at) VALUES ('held', CURRENT_TIMESTAMP)")
+            locked.set()
+            echoed.wait(60)
+            tx.rollback()
+
+    holder = threading.Thread(target=hold_the_write_lock)
+    holder.start()
+    try:
+        assert locked.wait(30)
+        storing = _associate(node.port)
+        statuses: list[int] = []
+        sender = threading.Thread(target=lambda: statuses.append(_store_status(storing)))
+        sender.start()
+        assert entered.wait(30), "the instance never reached the index"
+        other = _associate(node.port, verification=True)
+        try:
+            rsp = other.send_c_echo()
+            assert rsp and rsp.Status == 0
+            echo_during_lock = holder.is_alive()
+        finally:
+            echoed.set()
+            other.release()
+        sender.join(60)
+        storing.release()
+    finally:
+        echoed.set()
+        holder.join(60)
+    assert echo_during_lock
+    assert statuses == [0]
+
+
+def _store_status(assoc: Any) -> int:
+    rsp = assoc.send_c_store(make_instance(size=8))
+    return int(rsp.Status) if rsp else -1

@@ -126,6 +126,32 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+# Open transactions per SQLite database file, over every writing engine of this process
+# (the index's, the audit trail's): the event loop commits inline only when there is none,
+# since a transaction that holds the write lock would make it wait (busy_timeout, 5 s).
+_open_transactions: dict[str, int] = {}
+_open_lock = threading.Lock()
+
+
+def _track_transactions(engine: Engine, database: str) -> None:
+    def began(_conn: Connection) -> None:
+        with _open_lock:
+            _open_transactions[database] = _open_transactions.get(database, 0) + 1
+
+    def ended(_conn: Connection) -> None:
+        with _open_lock:
+            _open_transactions[database] = max(0, _open_transactions.get(database, 0) - 1)
+
+    event.listen(engine, "begin", began)
+    event.listen(engine, "commit", ended)
+    event.listen(engine, "rollback", ended)
+
+
+def open_transactions(engine: Engine) -> int:
+    """Transactions open now on the SQLite database of this engine, from any thread of this process."""
+    return _open_transactions.get(str(engine.url.database), 0)
+
+
 def make_engine(url: str, *, reader: bool = False) -> Engine:
     """An engine for the index URL, with the options each back end needs.
 
@@ -139,6 +165,8 @@ def make_engine(url: str, *, reader: bool = False) -> Engine:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 5}, **options)
         event.listen(engine, "connect", _sqlite_pragmas)
+        if not reader:
+            _track_transactions(engine, str(parsed.database))
         return engine
     if parsed.get_backend_name() == "postgresql":
         if parsed.drivername == "postgresql":
