@@ -188,7 +188,11 @@ def test_pynetdicom_ae_with_refused_identity(negotiating_server):
     ae.add_requested_context(Verification)
     ae.acse_timeout = ae.network_timeout = 10
     assoc = ae.associate("127.0.0.1", srv.port, ext_neg=_ext_neg(b"wrong"))
-    assert assoc.is_rejected
+    # Seen once in CI (not reproduced since): not rejected. Say what pynetdicom saw instead.
+    assert assoc.is_rejected, (
+        f"aborted={assoc.is_aborted} established={assoc.is_established} "
+        f"answer={assoc.acceptor.primitive!r}"
+    )
     rj = assoc.acceptor.primitive
     assert rj.result == 1  # rejected-permanent
     # We answer source 1 (service-user), reason 1; pynetdicom documents source 2 (ACSE
