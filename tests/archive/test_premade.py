@@ -121,3 +121,54 @@ def test_start_up_sweeps_premade_leftovers_quietly(tmp_path, caplog):
     archive.index.dispose()
     assert not any(p.exists() for p in leftovers)
     assert "unreadable" not in caplog.text and "re-indexed" not in caplog.text
+
+
+def test_start_up_sweeps_premade_names_of_the_hour_before_the_newest_instance(tmp_path):
+    """When the hour turns, the past hour's unused pre-made names are deleted in the background;
+    a crash before that leaves them one hour behind the newest indexed instance."""
+    from pacsnode.archive.index import InstanceRecord
+
+    data = tmp_path / "data"
+    settings = load_settings(None, {"node": {"data": data}}, environ={})
+    archive = Archive(settings)
+    archive.open()
+    newest = datetime.now(UTC)
+    relative = f"objects/{newest:%Y%m%d/%H}/{1:032x}.dcm"
+    (data / relative).parent.mkdir(parents=True)
+    (data / relative).write_bytes(b"indexed")
+    record = InstanceRecord(
+        sop_instance_uid="1.2.3.4",
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        series_instance_uid="1.2.3.2",
+        study_instance_uid="1.2.3.1",
+        patient={"patient_id": "P"},
+        study={},
+        series={"modality": "CT"},
+        instance={
+            "instance_number": 1,
+            "transfer_syntax_uid": "1.2.840.10008.1.2.1",
+            "specific_character_set": "",
+            "rows": 8,
+            "columns": 8,
+            "number_of_frames": None,
+            "content_date": "",
+            "content_time": "",
+        },
+        path=relative,
+        size=7,
+        sha256="0" * 64,
+        source_ae_title="TEST",
+        received_at=newest,
+    )
+    archive.index.store([record], "reject")
+    archive.index.dispose()
+    before = data / "objects" / (newest - timedelta(hours=1)).strftime("%Y%m%d/%H")
+    before.mkdir(parents=True, exist_ok=True)
+    stale = [before / f"{i + 2:032x}.dcm" for i in range(3)]
+    for path in stale:
+        path.write_bytes(b"")
+    archive = Archive(settings)
+    archive.open()
+    archive.index.dispose()
+    assert not any(p.exists() for p in stale)
+    assert (data / relative).read_bytes() == b"indexed"

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from io import BytesIO
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -239,7 +239,9 @@ class Archive:
             self.store.remove(self.store.absolute(relative))
         self.index.empty_trash(obsolete)
         since = self.index.newest_received_at()
-        recent = self.store.recent_relatives(since)
+        # From the hour before the newest instance's: when the hour turns, the pre-made names
+        # of the past one are deleted in the background, and a crash can leave them there.
+        recent = self.store.recent_relatives(since - timedelta(hours=1) if since is not None else None)
         known = self.index.known_paths(recent)
         self.store.sweep(())
         orphans = [p for p in recent if p not in known]
