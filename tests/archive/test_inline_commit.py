@@ -46,6 +46,7 @@ def _store(assoc: Any) -> str:
 
 
 def test_where_each_group_is_committed(make_storage_node, index_url, monkeypatch):
+    from pacsnode.archive import ingest
     from pacsnode.services.storage import StorageSCP
 
     ended = threading.Event()
@@ -56,6 +57,17 @@ def test_where_each_group_is_committed(make_storage_node, index_url, monkeypatch
         ended.set()
 
     monkeypatch.setattr(StorageSCP, "association_ended", association_ended)
+    # A lone instance is committed on the loop only while no other transaction is open on the
+    # index (the audit trail's writer, say, records each association as it opens and ends):
+    # what the node saw at each such decision says where that instance must be committed.
+    seen: list[int] = []
+    real_open = ingest.open_transactions
+
+    def open_transactions(engine: Any) -> int:
+        seen.append(real_open(engine))
+        return seen[-1]
+
+    monkeypatch.setattr(ingest, "open_transactions", open_transactions)
     node = make_storage_node()
     threads = _spy(node)
     sqlite = not index_url
@@ -63,21 +75,25 @@ def test_where_each_group_is_committed(make_storage_node, index_url, monkeypatch
     stored = []
     first = _associate(node.port)
     try:
-        stored += [_store(first), _store(first)]  # alone
+        stored += [_store(first), _store(first), _store(first)]  # alone
         second = _associate(node.port)
         try:
             stored += [_store(second), _store(first)]  # two associations have stored
         finally:
             second.release()
         assert ended.wait(30), "the node did not see the second association end"
-        stored.append(_store(first))  # alone again
+        stored += [_store(first), _store(first)]  # alone again
     finally:
         first.release()
     where = [t if t == loop_thread else committer if t.startswith(committer) else t for t in threads]
     if sqlite:
-        assert where == [loop_thread, loop_thread, committer, committer, loop_thread]
+        assert len(seen) == 5, seen  # asked for the lone instances only
+        alone = [loop_thread if n == 0 else committer for n in seen]
+        assert where == [*alone[:3], committer, committer, *alone[3:]], seen
+        assert loop_thread in alone, seen  # five lone instances, each met another transaction?
     else:
-        assert where == [committer] * 5
+        assert where == [committer] * 7
+        assert seen == []  # PostgreSQL never commits on the loop
     assert all(node.index.instance(uid) is not None for uid in stored)
 
 
