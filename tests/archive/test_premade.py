@@ -12,8 +12,10 @@ import pytest
 from pacsnode.archive import blobs
 from pacsnode.archive.blobs import FileStore
 from pacsnode.archive.ingest import Archive
+from pacsnode.archive.records import instance_record
 from pacsnode.config.settings import load_settings
-from peerkit import premade_files
+from pacsnode.data.uids import EXPLICIT_VR_LITTLE_ENDIAN
+from peerkit import make_instance, premade_files
 
 NOW = datetime(2026, 11, 26, 17, 30, tzinfo=UTC)
 
@@ -126,8 +128,6 @@ def test_start_up_sweeps_premade_leftovers_quietly(tmp_path, caplog):
 def test_start_up_sweeps_premade_names_of_the_hour_before_the_newest_instance(tmp_path):
     """When the hour turns, the past hour's unused pre-made names are deleted in the background;
     a crash before that leaves them one hour behind the newest indexed instance."""
-    from pacsnode.archive.index import InstanceRecord
-
     data = tmp_path / "data"
     settings = load_settings(None, {"node": {"data": data}}, environ={})
     archive = Archive(settings)
@@ -136,24 +136,9 @@ def test_start_up_sweeps_premade_names_of_the_hour_before_the_newest_instance(tm
     relative = f"objects/{newest:%Y%m%d/%H}/{1:032x}.dcm"
     (data / relative).parent.mkdir(parents=True)
     (data / relative).write_bytes(b"indexed")
-    record = InstanceRecord(
-        sop_instance_uid="1.2.3.4",
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-        series_instance_uid="1.2.3.2",
-        study_instance_uid="1.2.3.1",
-        patient={"patient_id": "P"},
-        study={},
-        series={"modality": "CT"},
-        instance={
-            "instance_number": 1,
-            "transfer_syntax_uid": "1.2.840.10008.1.2.1",
-            "specific_character_set": "",
-            "rows": 8,
-            "columns": 8,
-            "number_of_frames": None,
-            "content_date": "",
-            "content_time": "",
-        },
+    record = instance_record(
+        make_instance(size=8),
+        transfer_syntax_uid=EXPLICIT_VR_LITTLE_ENDIAN,
         path=relative,
         size=7,
         sha256="0" * 64,

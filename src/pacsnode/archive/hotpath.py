@@ -12,6 +12,7 @@ instead of one per statement (each ~0.1-0.3 ms on a loaded 2-core machine).
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -168,7 +169,7 @@ class HotPath:
             self._pending.append((key, rows))
 
     def reset(self) -> None:
-        """Forget queued writes (a new transaction, or a failed one)."""
+        """Forget queued writes (their transaction failed)."""
         self._pending = []
 
     def flush(self, conn: Connection, *, commit: bool = False) -> None:
@@ -178,22 +179,15 @@ class HotPath:
         transaction finished at the driver: SQLAlchemy's own commit then sends nothing.
         """
         pending, self._pending = self._pending, []
-        if self.sqlite:
-            assert not commit, "SQLite commits through SQLAlchemy"
-            if pending:
-                cursor = conn.connection.cursor()
-                try:
-                    for key, rows in pending:
-                        cursor.executemany(self._sql[key], rows)
-                finally:
-                    cursor.close()
+        if self.sqlite and not pending:
             return
+        assert not (commit and self.sqlite), "SQLite commits through SQLAlchemy"
         raw = conn.connection.dbapi_connection
         assert raw is not None
-        # psycopg pipeline mode (PostgreSQL >= 14 protocol, libpq >= 14): the statements and
-        # the COMMIT are sent together and their results read once.  No SQLAlchemy statement
-        # may run inside it (its results are read before the pipeline syncs).
-        with raw.pipeline():
+        # PostgreSQL: psycopg pipeline mode (libpq >= 14), the statements and the COMMIT are
+        # sent together and their results read once.  No SQLAlchemy statement may run inside
+        # it (its results are read before the pipeline syncs).
+        with contextlib.nullcontext() if self.sqlite else raw.pipeline():
             cursor = raw.cursor()
             try:
                 for key, rows in pending:

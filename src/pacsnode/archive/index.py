@@ -300,7 +300,6 @@ class ArchiveIndex:
                     conn.exec_driver_sql("PRAGMA wal_autocheckpoint=0")
                     conn.commit()
             self._writer_used = now
-            self._hot.reset()
             try:
                 with conn.begin():
                     outcomes = self._store(conn, records, policy)
