@@ -348,11 +348,17 @@ class Server:
 # --------------------------------------------------------------------------- measurements
 
 
+def user_system_seconds(stat: Path) -> tuple[float, float]:
+    """User and system CPU seconds from a /proc stat file (a process's, or a thread's under task/)."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    # Fields 14 and 15 of proc(5), utime and stime; the text after ")" starts at field 3.
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far, all its threads (not its children), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    # Fields 14 and 15 of proc(5), utime and stime; the text after ")" starts at field 3.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(user_system_seconds(Path(f"/proc/{pid}/stat")))
 
 
 def timed(fn: Callable[[], None]) -> float:

@@ -26,7 +26,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the `bench` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.common import LOOPBACK, VENV_BIN, client_env
+from bench.common import LOOPBACK, VENV_BIN, client_env, user_system_seconds
 from bench.ingest.data import DEFAULT_CACHE, DataSet, ct_spec, generate, small_spec
 from bench.ingest.run import PG_URL, IngestServer, _pg_admin, scratch, split
 
@@ -59,14 +59,11 @@ def _executors(obj: object) -> list[tuple[str, ThreadPoolExecutor]]:
 def _thread_cpu() -> dict[str, tuple[float, float]]:
     """CPU seconds (user, system) of each live thread of this process, by "name:tid" (Linux /proc)."""
     out: dict[str, tuple[float, float]] = {}
-    tick = os.sysconf("SC_CLK_TCK")
     for task in Path("/proc/self/task").iterdir():
         try:
-            name = (task / "comm").read_text().strip()
-            fields = (task / "stat").read_text().rpartition(")")[2].split()
+            out[f"{(task / 'comm').read_text().strip()}:{task.name}"] = user_system_seconds(task / "stat")
         except OSError:
             continue  # the thread ended
-        out[f"{name}:{task.name}"] = (int(fields[11]) / tick, int(fields[12]) / tick)
     return out
 
 
