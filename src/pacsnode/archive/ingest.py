@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -34,6 +35,10 @@ log = logging.getLogger("pacsnode.archive")
 # Values longer than this are not read by the header check (pydicom reads them only on access;
 # the index keys are all short): the memory of a check stays bounded whatever the instance holds.
 _DEFER_SIZE = 64 << 10
+# Only senders of small instances are waited for: a large one takes longer to arrive than the
+# wait, and its sync costs its bytes, not a fixed time that a group would share (CT slices of
+# 512 KiB at 2 and 4 associations: 5-40 % slower with the wait).
+_GROUP_WAIT_SIZE = 128 << 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +200,7 @@ class SpoolSink:
 class _Pending:
     sink: SpoolSink
     future: asyncio.Future[StoreResult] | None = None
+    origin: object = None  # the association (or other sender) it came from
     record: InstanceRecord | None = None
     relative: str = ""
     result: StoreResult | None = None
@@ -212,6 +218,7 @@ class Archive:
         self.policy = settings.storage.duplicate_policy
         self.max_batch = settings.storage.max_batch
         self.commit_timeout = settings.storage.commit_timeout
+        self.group_wait = settings.storage.group_wait
         self._queue: asyncio.Queue[_Pending] | None = None
         self._task: asyncio.Task[None] | None = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pacsnode-commit")
@@ -311,12 +318,15 @@ class Archive:
             source_ae_title=source_ae_title,
         )
 
-    async def ingest(self, sink: SpoolSink, *, alone: bool = False) -> StoreResult:
+    async def ingest(self, sink: SpoolSink, *, alone: bool = False, origin: object = None) -> StoreResult:
         """Check, place and index a received instance; returns once it is durable (or refused).
 
         ``alone``: no other association is storing. Then, when the committer is idle,
         the instance is committed at once on the event loop: a group of one either
         way, without the two thread hand-offs (each ~0.05-0.2 ms on a virtual machine).
+
+        ``origin``: the sender (an association), so that a group can wait briefly for the
+        next instance of each sender of the previous group (``_gather``).
         """
         assert self._queue is not None, "Archive.start() was not awaited"
         if (
@@ -339,7 +349,7 @@ class Archive:
             return _final(item)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[StoreResult] = loop.create_future()
-        self._queue.put_nowait(_Pending(sink, future))
+        self._queue.put_nowait(_Pending(sink, future, origin))
         # A plain timer rather than wait_for(shield()): this runs once per instance.
         timer = loop.call_later(self.commit_timeout, self._too_late, future, sink.sop_instance_uid)
         try:
@@ -361,10 +371,10 @@ class Archive:
         assert self._queue is not None
         queue = self._queue
         loop = asyncio.get_running_loop()
+        expected: set[object] = set()
         while True:
-            batch = [await queue.get()]
-            while len(batch) < self.max_batch and not queue.empty():
-                batch.append(queue.get_nowait())
+            batch = await self._gather(queue, expected)
+            expected = _senders_to_wait_for(batch)
             try:
                 await loop.run_in_executor(self._worker, self._locked, self._commit, batch)
             except Exception as exc:  # the committer must survive anything
@@ -374,6 +384,36 @@ class Archive:
                     item.future.set_result(_final(item))
                 queue.task_done()
             self._announce(batch)
+
+    async def _gather(self, queue: asyncio.Queue[_Pending], expected: set[object]) -> list[_Pending]:
+        """The next group: what is queued, and the next instance of each sender of the last group.
+
+        The senders of the last group were answered as it committed; each sends its next
+        instance within about a millisecond, while the others' instances wait here.
+        Taking whatever is queued at once split four associations into two groups of
+        two, each paying two file syncs; waiting for them (at most ``group_wait``) makes
+        one group of four with one ``syncfs``: 1,600-1,740 instances/s instead of
+        1,340-1,450 here. A sender that does not come back (its association ended, or
+        it sends slowly) delays one group by ``group_wait`` and is not waited for again.
+        """
+        batch = [await queue.get()]
+        while len(batch) < self.max_batch and not queue.empty():
+            batch.append(queue.get_nowait())
+        missing = expected.difference(item.origin for item in batch)
+        if not missing or self.group_wait <= 0:
+            return batch
+        deadline = time.perf_counter() + self.group_wait
+        while missing and len(batch) < self.max_batch:
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                break
+            try:
+                item = await asyncio.wait_for(queue.get(), left)
+            except TimeoutError:
+                break
+            batch.append(item)
+            missing.discard(item.origin)
+        return batch
 
     def _announce(self, batch: Sequence[_Pending]) -> None:
         added = [
@@ -598,6 +638,11 @@ def _failed(batch: Sequence[_Pending], exc: Exception) -> None:
     log.exception("commit of %d instance(s) failed", len(batch))
     for item in batch:
         item.result = item.result or StoreResult(Status.PROCESSING_FAILURE, str(exc)[:64])
+
+
+def _senders_to_wait_for(batch: Sequence[_Pending]) -> set[object]:
+    """The senders of a group whose next instance the next group waits for: those of small ones."""
+    return {item.origin for item in batch if item.origin is not None and item.sink.size <= _GROUP_WAIT_SIZE}
 
 
 def _size(path: Path) -> int | None:

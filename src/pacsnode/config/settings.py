@@ -141,6 +141,9 @@ class StorageSettings(BaseModel):
     # Seconds an instance may wait for its group commit before the store fails (A700):
     # an index that stops answering must not leave the sender without a response.
     commit_timeout: float = Field(default=30.0, gt=0)
+    # Seconds a group commit waits for the next small instance of each association of the
+    # previous group, so that concurrent associations share one sync (0: never wait).
+    group_wait: float = Field(default=0.002, ge=0, le=1.0)
 
 
 class PeerSettings(BaseModel):

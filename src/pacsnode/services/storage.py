@@ -92,7 +92,9 @@ class StorageSCP:
             )
             return
         tally = self._tally(request)
-        result = await self.archive.ingest(sink, alone=len(self._received) == 1)
+        result = await self.archive.ingest(
+            sink, alone=len(self._received) == 1, origin=id(request.association)
+        )
         failure = None if result.ok else f"0x{result.status:04X} {result.comment}".strip()
         tally.add_record(result.record, cmd.affected_sop_class_uid or "", failure)
         if not result.ok:
