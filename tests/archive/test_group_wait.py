@@ -5,7 +5,6 @@ The waits are driven by events (what the commit loop took from its queue), never
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -43,75 +42,67 @@ def _item(archive: Archive, origin: object, **kwargs: Any) -> _Pending:
 
 
 @pytest.fixture
-def archive(tmp_path: Path) -> Archive:
+def unstarted(tmp_path: Path) -> Archive:
     return Archive(storage_settings(tmp_path / "data"))
 
 
-async def test_a_group_waits_for_a_sender_of_the_last_group(archive):
-    archive.group_wait = WAIT * 10  # only the sender's arrival may end the wait
+async def test_a_group_waits_for_a_sender_of_the_last_group(unstarted):
+    unstarted.group_wait = WAIT * 10  # only the sender's arrival may end the wait
     queue = _Watched()
-    b1 = _item(archive, "B")
+    b1 = _item(unstarted, "B")
     queue.put_nowait(b1)
-    gathering = asyncio.ensure_future(archive._gather(queue, {"A"}))
+    gathering = asyncio.ensure_future(unstarted._gather(queue, {"A"}))
     await asyncio.wait_for(queue.drained.wait(), WAIT)  # B1 taken; A's next not yet queued
     assert not gathering.done()
-    a2 = _item(archive, "A")
+    a2 = _item(unstarted, "A")
     queue.put_nowait(a2)
     assert await asyncio.wait_for(gathering, WAIT) == [b1, a2]
 
 
 @pytest.mark.parametrize("wait", [0.01, 0], ids=["sender-gone", "waiting-off"])
-async def test_a_group_without_the_sender_of_the_last_one_commits(archive, wait):
+async def test_a_group_without_the_sender_of_the_last_one_commits(unstarted, wait):
     """A sender that does not come back delays one group by group_wait; 0 turns waiting off."""
-    archive.group_wait = wait
+    unstarted.group_wait = wait
     queue = _Watched()
-    b1 = _item(archive, "B")
+    b1 = _item(unstarted, "B")
     queue.put_nowait(b1)
-    assert await asyncio.wait_for(archive._gather(queue, {"A"}), WAIT) == [b1]
+    assert await asyncio.wait_for(unstarted._gather(queue, {"A"}), WAIT) == [b1]
 
 
-async def test_no_wait_when_every_sender_of_the_last_group_is_there(archive):
-    archive.group_wait = WAIT * 10
+async def test_no_wait_when_every_sender_of_the_last_group_is_there(unstarted):
+    unstarted.group_wait = WAIT * 10
     queue = _Watched()
-    a1, b1 = _item(archive, "A"), _item(archive, "B")
+    a1, b1 = _item(unstarted, "A"), _item(unstarted, "B")
     queue.put_nowait(a1)
     queue.put_nowait(b1)
-    assert await asyncio.wait_for(archive._gather(queue, {"A", "B"}), WAIT) == [a1, b1]
+    assert await asyncio.wait_for(unstarted._gather(queue, {"A", "B"}), WAIT) == [a1, b1]
 
 
-def test_only_senders_of_small_instances_are_waited_for(archive):
-    small = _item(archive, "small")
-    large = _item(archive, "large", size=512)  # 256 KiB of pixel data
-    anonymous = _item(archive, None)  # STOW-RS and import give no sender
+def test_only_senders_of_small_instances_are_waited_for(unstarted):
+    small = _item(unstarted, "small")
+    large = _item(unstarted, "large", size=512)  # 256 KiB of pixel data
+    anonymous = _item(unstarted, None)  # STOW-RS and import give no sender
     assert large.sink.size > 128 << 10 > small.sink.size
     assert _senders_to_wait_for([small, large, anonymous]) == {"small"}
 
 
-@pytest.fixture
-async def started(tmp_path: Path, index_url: str) -> AsyncIterator[Archive]:
-    store = Archive(storage_settings(tmp_path / "data", index_url))
-    store.group_wait = WAIT * 10
-    await store.start()
-    yield store
-    await store.close()
-
-
-async def test_through_the_commit_loop_a_group_with_every_sender_commits_at_once(started):
+async def test_through_the_commit_loop_a_group_with_every_sender_commits_at_once(archive):
     """Sender A's group commits; B's instance and A's next one then commit as one group,
     at once: the wait (far longer than the test's patience) ends when A's instance is there."""
+    archive.group_wait = WAIT * 10
     groups: list[list[str]] = []
-    real = started._commit
+    real = archive._commit
 
     def commit(batch: Any) -> None:
         groups.append([item.origin for item in batch])
         real(batch)
 
-    started._commit = commit
-    assert (await asyncio.wait_for(started.ingest(_sink(started), origin="A"), WAIT)).ok
-    b1 = asyncio.ensure_future(started.ingest(_sink(started), origin="B"))
-    a2 = asyncio.ensure_future(started.ingest(_sink(started), origin="A"))
+    archive._commit = commit
+    assert (await asyncio.wait_for(archive.ingest(_sink(archive), origin="A"), WAIT)).ok
+    b1 = asyncio.ensure_future(archive.ingest(_sink(archive), origin="B"))
+    a2 = asyncio.ensure_future(archive.ingest(_sink(archive), origin="A"))
     results = await asyncio.wait_for(asyncio.gather(b1, a2), WAIT)
     assert all(r.ok for r in results), results
     assert groups == [["A"], ["B", "A"]]
     for result in results:
-        assert started.index.instance(result.sop_instance_uid) is not None
+        assert archive.index.instance(result.sop_instance_uid) is not None

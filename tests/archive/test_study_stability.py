@@ -19,7 +19,7 @@ from pacsnode.archive.index import ArchiveIndex
 from pacsnode.archive.ingest import Archive
 from pacsnode.archive.schema import changes, ian_notifications, patients, studies, study_stability
 from pacsnode.archive.stability import PENDING, STUDY_STABLE, StableStudy, StudyStability
-from peerkit import WAIT, encode_dataset, make_instance, new_uid, storage_settings
+from peerkit import WAIT, encode_dataset, make_instance, new_uid
 
 STABLE_AFTER = 30.0
 
@@ -82,14 +82,6 @@ class Events:
 
     def by_study(self) -> dict[str, int]:
         return {e.study_instance_uid: e.instances for e in self.items}
-
-
-@pytest.fixture
-async def archive(tmp_path: Path, index_url: str) -> AsyncIterator[Archive]:
-    store = Archive(storage_settings(tmp_path / "data", index_url))
-    await store.start()
-    yield store
-    await store.close()
 
 
 @pytest.fixture

@@ -35,10 +35,12 @@ log = logging.getLogger("pacsnode.archive")
 # Values longer than this are not read by the header check (pydicom reads them only on access;
 # the index keys are all short): the memory of a check stays bounded whatever the instance holds.
 _DEFER_SIZE = 64 << 10
-# Only senders of small instances are waited for: a large one takes longer to arrive than the
-# wait, and its sync costs its bytes, not a fixed time that a group would share (CT slices of
-# 512 KiB at 2 and 4 associations: 5-40 % slower with the wait).
-_GROUP_WAIT_SIZE = 128 << 10
+# A large instance: its sync costs its bytes (~1 ms for a 512 KiB CT slice here), not a fixed time.
+# Its sync runs in the syncer thread while it is hashed and indexed, even alone in its group.
+# Only senders of smaller ones are waited for by a group: a large one takes longer to arrive
+# than the wait, and a group shares no fixed cost with it (CT slices at 2 and 4 associations
+# were 5-40 % slower with the wait).
+_LARGE = 128 << 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +85,8 @@ class SpoolSink:
         self.sop_instance_uid = sop_instance_uid
         self.transfer_syntax_uid = transfer_syntax_uid
         self.source_ae_title = source_ae_title
-        # Hashed as it streams once spilled; in memory, by the committer (hashlib
-        # releases the GIL on large buffers, so that work leaves the event loop).
+        # Hashed as it streams once spilled; in memory, by the committer (a large one while its
+        # file syncs: hashlib releases the GIL on large buffers).
         self._digest: Any = None
         self.placed = False
         # STOW-RS to /studies/{study} (PS3.18 10.5.1): the study the instance must belong to.
@@ -442,15 +444,15 @@ class Archive:
                 item.sink.discard()
         if not ready:
             return
-        records = [item.record for item in ready if item.record is not None]
         # The files are synced (here for a small group, else in the syncer thread while
-        # this one writes the index rows); the transaction commits only once the sync has
-        # returned, so a row is never durable before its file (DESIGN.md durability contract).
+        # this one hashes large ones and writes the index rows); the transaction commits only
+        # once the sync has returned, so a row is never durable before its file (DESIGN.md
+        # durability contract).
         moves = [(item.sink.path, item.relative) for item in ready if not item.sink.placed]
         written = [item.relative for item in ready if item.sink.placed]
         placing: Future[None]
-        if len(ready) <= SMALL_GROUP:
-            # A group of one or two: waking the syncer thread costs more than its sync overlaps.
+        if len(ready) <= SMALL_GROUP and all(item.sink.size < _LARGE for item in ready):
+            # A group of one or two small ones: waking the syncer costs more than its sync overlaps.
             placing = Future()
             try:
                 self.store.place(moves, written)
@@ -459,6 +461,10 @@ class Archive:
                 placing.set_exception(exc)
         else:
             placing = self._syncer.submit(self.store.place, moves, written)
+        for item in ready:
+            if item.record is not None and not item.record.sha256:  # hashed while its file syncs
+                item.record = replace(item.record, sha256=item.sink.sha256())
+        records = [item.record for item in ready if item.record is not None]
         try:
             outcomes = self.index.store(records, self.policy, before_commit=placing.result)
         except Exception as exc:
@@ -531,7 +537,8 @@ class Archive:
                 transfer_syntax_uid=sink.transfer_syntax_uid,
                 path=item.relative,
                 size=size,
-                sha256=sink.sha256(),
+                # A large data set in memory is hashed in _commit, while its file syncs.
+                sha256="" if sink.in_memory and sink.size >= _LARGE else sink.sha256(),
                 source_ae_title=sink.source_ae_title,
                 received_at=now,
             )
@@ -642,7 +649,7 @@ def _failed(batch: Sequence[_Pending], exc: Exception) -> None:
 
 def _senders_to_wait_for(batch: Sequence[_Pending]) -> set[object]:
     """The senders of a group whose next instance the next group waits for: those of small ones."""
-    return {item.origin for item in batch if item.origin is not None and item.sink.size <= _GROUP_WAIT_SIZE}
+    return {item.origin for item in batch if item.origin is not None and item.sink.size < _LARGE}
 
 
 def _size(path: Path) -> int | None:
