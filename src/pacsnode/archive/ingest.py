@@ -451,23 +451,35 @@ class Archive:
         moves = [(item.sink.path, item.relative) for item in ready if not item.sink.placed]
         written = [item.relative for item in ready if item.sink.placed]
         placing: Future[None]
-        if len(ready) <= SMALL_GROUP and all(item.sink.size < _LARGE for item in ready):
-            # A group of one or two small ones: waking the syncer costs more than its sync overlaps.
+        before_commit: Callable[[], object]
+        here = len(ready) <= SMALL_GROUP and all(item.sink.size < _LARGE for item in ready)
+        if here:
+            # A group of one or two small ones: waking the syncer costs more than its sync
+            # overlaps. Synced here, once the index rows are written (and the kernel has
+            # been writing the files meanwhile: FileStore.write_object), just before COMMIT.
             placing = Future()
-            try:
-                self.store.place(moves, written)
+
+            def sync_here() -> None:
+                try:
+                    self.store.place(moves, written)
+                except OSError as exc:
+                    placing.set_exception(exc)
+                    raise
                 placing.set_result(None)
-            except OSError as exc:
-                placing.set_exception(exc)
+
+            before_commit = sync_here
         else:
             placing = self._syncer.submit(self.store.place, moves, written)
+            before_commit = placing.result
         for item in ready:
             if item.record is not None and not item.record.sha256:  # hashed while its file syncs
                 item.record = replace(item.record, sha256=item.sink.sha256())
         records = [item.record for item in ready if item.record is not None]
         try:
-            outcomes = self.index.store(records, self.policy, before_commit=placing.result)
+            outcomes = self.index.store(records, self.policy, before_commit=before_commit)
         except Exception as exc:
+            if here and not placing.done():
+                placing.set_result(None)  # the index failed before sync_here: nothing was moved
             placing.exception()  # wait: the files must stop moving before they are removed
             if isinstance(exc, OSError) and placing.exception() is exc:
                 log.error("cannot make %d instance(s) durable: %s", len(ready), exc)

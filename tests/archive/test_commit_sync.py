@@ -1,0 +1,93 @@
+"""Where and when a group's files are synced. A large instance (128 KiB or more) is synced in the
+syncer thread while it is hashed and its index rows are written, even alone in its group; a
+group of one or two small ones is synced where it commits, after its index rows are written.
+Either way the recorded SHA-256 is that of the data set as received, the row commits only once
+the file sync has returned, and a failure on either side leaves nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+from typing import Any
+
+import pytest
+
+from pacsnode.archive.ingest import Archive, SpoolSink
+from pacsnode.dimse.status import Status
+from peerkit import WAIT, assert_consistent, encode_dataset, make_instance
+
+
+def _sink(archive: Archive, ds: Any) -> tuple[SpoolSink, bytes]:
+    ts = str(ds.file_meta.TransferSyntaxUID)
+    data = encode_dataset(ds, ts)
+    sink = archive.open_sink(str(ds.SOPClassUID), str(ds.SOPInstanceUID), ts, "MODALITY")
+    sink.write(data)
+    sink.finish()
+    return sink, data
+
+
+@pytest.mark.parametrize(("size", "in_syncer"), [(512, True), (16, False)], ids=["large", "small"])
+async def test_where_the_file_syncs_and_what_is_recorded(archive, size, in_syncer):
+    events: list[tuple[str, str]] = []
+    real_place, real_store = archive.store.place, archive.index.store
+
+    def place(*args: Any, **kwargs: Any) -> None:
+        real_place(*args, **kwargs)
+        events.append(("synced", threading.current_thread().name))
+
+    def store(records: Any, policy: str, *, before_commit: Any = None) -> Any:
+        def committing() -> None:
+            if before_commit is not None:
+                before_commit()
+            events.append(("committing", threading.current_thread().name))
+
+        return real_store(records, policy, before_commit=committing)
+
+    archive.store.place, archive.index.store = place, store
+    ds = make_instance(size=size)  # 512: 256 KiB of pixel data, held in memory
+    sink, data = _sink(archive, ds)
+    assert sink.in_memory
+    result = await asyncio.wait_for(archive.ingest(sink), WAIT)
+    assert result.ok, result
+    assert [e[0] for e in events] == ["synced", "committing"]
+    assert events[0][1].startswith("pacsnode-sync") is in_syncer, events
+    row = archive.index.instance(str(ds.SOPInstanceUID))
+    assert row is not None
+    assert row["sha256"] == hashlib.sha256(data).hexdigest()
+    assert (archive.store.root / row["path"]).read_bytes().endswith(data)
+
+
+@pytest.mark.parametrize("size", [512, 16], ids=["large", "small"])
+async def test_a_sync_that_fails_answers_a700_and_keeps_nothing(archive, size):
+    def place(*_args: Any, **_kwargs: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    archive.store.place = place
+    ds = make_instance(size=size)
+    result = await asyncio.wait_for(archive.ingest(_sink(archive, ds)[0]), WAIT)
+    # PS3.4 B.2.3: A7xx Refused: Out of Resources.
+    assert result.status == Status.OUT_OF_RESOURCES, result
+    assert "No space left" in result.comment
+    assert archive.index.instance(str(ds.SOPInstanceUID)) is None
+    assert_consistent(archive.store.root, archive.index)
+
+
+@pytest.mark.parametrize("size", [512, 16], ids=["large", "small"])
+async def test_an_index_that_fails_before_the_sync_keeps_nothing(archive, size):
+    """The index fails before its commit would wait for the sync: no hang, A700, no file left."""
+    real_find = archive.index._hot.find
+
+    def find(*_args: Any, **_kwargs: Any) -> Any:
+        raise RuntimeError("the index went away")
+
+    archive.index._hot.find = find
+    ds = make_instance(size=size)
+    result = await asyncio.wait_for(archive.ingest(_sink(archive, ds)[0]), WAIT)
+    assert result.status == Status.OUT_OF_RESOURCES, result
+    assert result.comment == "index database unavailable"
+    archive.index._hot.find = real_find
+    assert archive.index.instance(str(ds.SOPInstanceUID)) is None
+    assert_consistent(archive.store.root, archive.index)
+    again = make_instance(size=size)
+    assert (await asyncio.wait_for(archive.ingest(_sink(archive, again)[0]), WAIT)).ok
