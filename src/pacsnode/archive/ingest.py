@@ -452,11 +452,13 @@ class Archive:
         written = [item.relative for item in ready if item.sink.placed]
         placing: Future[None]
         before_commit: Callable[[], object]
-        here = len(ready) <= SMALL_GROUP and all(item.sink.size < _LARGE for item in ready)
+        here = self._inline and len(ready) <= SMALL_GROUP and all(item.sink.size < _LARGE for item in ready)
         if here:
-            # A group of one or two small ones: waking the syncer costs more than its sync
-            # overlaps. Synced here, once the index rows are written (and the kernel has
+            # A group of one or two small ones (SQLite): waking the syncer costs more than its
+            # sync overlaps. Synced here, once the index rows are written (and the kernel has
             # been writing the files meanwhile: FileStore.write_object), just before COMMIT.
+            # With PostgreSQL the syncer works while this thread waits on the server (the
+            # duplicate check's round trip): one association +2-10 %, four +6-9 %.
             placing = Future()
 
             def sync_here() -> None:
