@@ -734,6 +734,33 @@ class StoreStatus:
         return self.status == 0
 
 
+def pynetdicom_associate(ae: Any, host: str, port: int, **kwargs: Any) -> tuple[Any, list[Any]]:
+    """``ae.associate(host, port, **kwargs)``, with the PDUs pynetdicom received as it decoded them.
+
+    Why: when the acceptor answers A-ASSOCIATE-RJ and the connection closes at once,
+    pynetdicom's calling thread may look at the socket only after its DUL thread has read
+    the answer and closed it; it then aborts without reading the answer (neither
+    ``is_rejected`` nor ``is_aborted`` set: seen twice in CI under load). The PDU events
+    come from the DUL thread itself, before it closes, so an A-ASSOCIATE-RJ is always there.
+    """
+    from pynetdicom import evt
+
+    received: list[Any] = []
+    handlers = [*kwargs.pop("evt_handlers", []), (evt.EVT_PDU_RECV, lambda event: received.append(event.pdu))]
+    return ae.associate(host, port, evt_handlers=handlers, **kwargs), received
+
+
+def rejection_of(assoc: Any, received: list[Any]) -> tuple[int, int, int]:
+    """(result, source, reason) of the A-ASSOCIATE-RJ pynetdicom received (``pynetdicom_associate``)."""
+    from pynetdicom.pdu import A_ASSOCIATE_RJ
+
+    assert not assoc.is_established
+    answers = [pdu for pdu in received if isinstance(pdu, A_ASSOCIATE_RJ)]
+    names = [type(pdu).__name__ for pdu in received]
+    assert answers, f"no A-ASSOCIATE-RJ; received {names}, aborted={assoc.is_aborted}"
+    return int(answers[0].result), int(answers[0].source), int(answers[0].reason_diagnostic)
+
+
 def pynetdicom_store(
     host: str,
     port: int,

@@ -23,6 +23,8 @@ from peerkit import (
     free_port,
     make_instance,
     need_tool,
+    pynetdicom_associate,
+    rejection_of,
     run_tool,
     start_threaded_node,
     storage_settings,
@@ -373,7 +375,9 @@ def optional(tmp_path_factory, issuer) -> Iterator[IdentityNode]:
         node.node.close()
 
 
-def associate(port: int, identity: tuple[int, bytes, bytes] | None, *, respond: bool = True) -> Any:
+def associate(
+    port: int, identity: tuple[int, bytes, bytes] | None, *, respond: bool = True
+) -> tuple[Any, list[Any]]:
     ae = AE(ae_title="PYUSER")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = WAIT
     ae.add_requested_context(VERIFICATION)
@@ -386,17 +390,16 @@ def associate(port: int, identity: tuple[int, bytes, bytes] | None, *, respond: 
             item.secondary_field = identity[2]
         item.positive_response_requested = respond
         ext.append(item)
-    return ae.associate(HOST, port, ae_title="PACSNODE", ext_neg=ext)
+    return pynetdicom_associate(ae, HOST, port, ae_title="PACSNODE", ext_neg=ext)
 
 
-def assert_rejected_no_reason(assoc: Any) -> None:
-    assert assoc.is_rejected
-    rsp = assoc.acceptor.primitive
+def assert_rejected_no_reason(answer: tuple[Any, list[Any]]) -> None:
     # Rejected-permanent, DICOM UL service-user, no-reason-given.
-    assert (rsp.result, rsp.result_source, rsp.diagnostic) == (1, 1, 1)
+    assert rejection_of(*answer) == (1, 1, 1)
 
 
-def assert_accepted(assoc: Any, *, response: bool) -> None:
+def assert_accepted(answer: tuple[Any, list[Any]], *, response: bool) -> None:
+    assoc = answer[0]
     assert assoc.is_established
     try:
         assert assoc.send_c_echo().Status == 0
