@@ -859,6 +859,16 @@ def encode_dataset(ds: Any, transfer_syntax: str) -> bytes:
     return bytes(data)
 
 
+def received_sink(archive: Any, ds: Any) -> tuple[Any, bytes]:
+    """A spool sink of the archive holding ``ds`` as a C-STORE would have delivered it, and its bytes."""
+    ts = str(ds.file_meta.TransferSyntaxUID)
+    data = encode_dataset(ds, ts)
+    sink = archive.open_sink(str(ds.SOPClassUID), str(ds.SOPInstanceUID), ts, "MODALITY")
+    sink.write(data)
+    sink.finish()
+    return sink, data
+
+
 def index_rows(index: Any) -> dict[str, list[dict[str, Any]]]:
     """Every row of the index tables, as dicts (for assertions)."""
     from sqlalchemy import select

@@ -14,18 +14,8 @@ from typing import Any
 
 import pytest
 
-from pacsnode.archive.ingest import Archive, SpoolSink
 from pacsnode.dimse.status import Status
-from peerkit import WAIT, assert_consistent, encode_dataset, make_instance
-
-
-def _sink(archive: Archive, ds: Any) -> tuple[SpoolSink, bytes]:
-    ts = str(ds.file_meta.TransferSyntaxUID)
-    data = encode_dataset(ds, ts)
-    sink = archive.open_sink(str(ds.SOPClassUID), str(ds.SOPInstanceUID), ts, "MODALITY")
-    sink.write(data)
-    sink.finish()
-    return sink, data
+from peerkit import WAIT, assert_consistent, make_instance, received_sink
 
 
 @pytest.mark.parametrize("size", [512, 16], ids=["large", "small"])
@@ -49,7 +39,7 @@ async def test_where_the_file_syncs_and_what_is_recorded(archive, index_url, siz
 
     archive.store.place, archive.index.store = place, store
     ds = make_instance(size=size)  # 512: 256 KiB of pixel data, held in memory
-    sink, data = _sink(archive, ds)
+    sink, data = received_sink(archive, ds)
     assert sink.in_memory
     result = await asyncio.wait_for(archive.ingest(sink), WAIT)
     assert result.ok, result
@@ -68,7 +58,7 @@ async def test_a_sync_that_fails_answers_a700_and_keeps_nothing(archive, size):
 
     archive.store.place = place
     ds = make_instance(size=size)
-    result = await asyncio.wait_for(archive.ingest(_sink(archive, ds)[0]), WAIT)
+    result = await asyncio.wait_for(archive.ingest(received_sink(archive, ds)[0]), WAIT)
     # PS3.4 B.2.3: A7xx Refused: Out of Resources.
     assert result.status == Status.OUT_OF_RESOURCES, result
     assert "No space left" in result.comment
@@ -86,11 +76,11 @@ async def test_an_index_that_fails_before_the_sync_keeps_nothing(archive, size):
 
     archive.index._hot.find = find
     ds = make_instance(size=size)
-    result = await asyncio.wait_for(archive.ingest(_sink(archive, ds)[0]), WAIT)
+    result = await asyncio.wait_for(archive.ingest(received_sink(archive, ds)[0]), WAIT)
     assert result.status == Status.OUT_OF_RESOURCES, result
     assert result.comment == "index database unavailable"
     archive.index._hot.find = real_find
     assert archive.index.instance(str(ds.SOPInstanceUID)) is None
     assert_consistent(archive.store.root, archive.index)
     again = make_instance(size=size)
-    assert (await asyncio.wait_for(archive.ingest(_sink(archive, again)[0]), WAIT)).ok
+    assert (await asyncio.wait_for(archive.ingest(received_sink(archive, again)[0]), WAIT)).ok

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from pacsnode.archive.ingest import Archive, SpoolSink, _Pending, _senders_to_wait_for
-from peerkit import WAIT, encode_dataset, make_instance, storage_settings
+from peerkit import WAIT, make_instance, received_sink, storage_settings
 
 
 class _Watched(asyncio.Queue[_Pending]):
@@ -29,11 +29,7 @@ class _Watched(asyncio.Queue[_Pending]):
 
 
 def _sink(archive: Archive, *, size: int = 8) -> SpoolSink:
-    ds = make_instance(size=size)
-    ts = str(ds.file_meta.TransferSyntaxUID)
-    sink = archive.open_sink(str(ds.SOPClassUID), str(ds.SOPInstanceUID), ts, "MODALITY")
-    sink.write(encode_dataset(ds, ts))
-    sink.finish()
+    sink: SpoolSink = received_sink(archive, make_instance(size=size))[0]
     return sink
 
 

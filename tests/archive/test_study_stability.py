@@ -19,7 +19,7 @@ from pacsnode.archive.index import ArchiveIndex
 from pacsnode.archive.ingest import Archive
 from pacsnode.archive.schema import changes, ian_notifications, patients, studies, study_stability
 from pacsnode.archive.stability import PENDING, STUDY_STABLE, StableStudy, StudyStability
-from peerkit import WAIT, encode_dataset, make_instance, new_uid
+from peerkit import WAIT, make_instance, new_uid, received_sink
 
 STABLE_AFTER = 30.0
 
@@ -109,11 +109,7 @@ async def make_tracker(
 async def store(archive: Archive, *datasets: Any) -> None:
     """Ingest generated instances through the archive's pipeline (as a C-STORE would)."""
     for ds in datasets:
-        ts = str(ds.file_meta.TransferSyntaxUID)
-        sink = archive.open_sink(str(ds.SOPClassUID), str(ds.SOPInstanceUID), ts, "MODALITY")
-        sink.write(encode_dataset(ds, ts))
-        sink.finish()
-        result = await archive.ingest(sink)
+        result = await archive.ingest(received_sink(archive, ds)[0])
         assert result.ok, result
 
 

@@ -24,7 +24,7 @@ from pacsnode.services.ian import (
     InstanceAvailabilityNotifier,
     notification_datasets,
 )
-from peerkit import HOST, WAIT, encode_dataset, make_instance, new_uid, storage_settings
+from peerkit import HOST, WAIT, make_instance, new_uid, received_sink, storage_settings
 
 # ---------------------------------------------------------------- the attribute lists (pure)
 
@@ -200,11 +200,7 @@ async def make_notifier(
 
 async def store(archive: Archive, *datasets: Any) -> None:
     for ds in datasets:
-        ts = str(ds.file_meta.TransferSyntaxUID)
-        sink = archive.open_sink(str(ds.SOPClassUID), str(ds.SOPInstanceUID), ts, "MODALITY")
-        sink.write(encode_dataset(ds, ts))
-        sink.finish()
-        assert (await archive.ingest(sink)).ok
+        assert (await archive.ingest(received_sink(archive, ds)[0])).ok
 
 
 def declare(archive: Archive, study: str, subscribers: list[str]) -> Any:
