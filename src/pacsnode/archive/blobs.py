@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
+import fcntl
 import logging
+import mmap
 import os
 import threading
 from collections import deque
@@ -28,6 +31,13 @@ SMALL_GROUP = 2  # groups up to this many files sync file by file, larger ones w
 OBJECTS = "objects"
 _POOL_LOW = 16  # pre-made object files: refill below this many
 _POOL_BATCH = 48  # files made per refill, under one directory sync
+# Files at least this large are written around the page cache (O_DIRECT, Linux): here a
+# buffered write of a 512 KiB CT slice cost 1.1-1.4 ms of kernel time (allocating and filling
+# page cache pages), against 0.12 ms written direct; below it, buffered writes cost less.
+DIRECT_MIN = 128 << 10
+_ALIGN = 4096  # O_DIRECT offsets, lengths and buffer addresses: a multiple of the block size
+_DIRECT_CHUNK = 1 << 20  # bytes copied into the aligned buffer at a time (its size: bounded memory)
+_O_DIRECT: int | None = getattr(os, "O_DIRECT", None)
 
 
 class FileStore:
@@ -53,6 +63,9 @@ class FileStore:
         self._pool_stop = False
         self._premade: set[str] = set()  # handed out, not yet written or placed
         self.refilled = threading.Event()  # set after each batch joins the pool
+        # False once the file system refused O_DIRECT (tmpfs on older kernels, some FUSE ones).
+        self.direct = _O_DIRECT is not None
+        self._aligned = threading.local()  # per thread: a page-aligned buffer for O_DIRECT writes
 
     def spool_path(self) -> Path:
         """A fresh spool file name (the file is created by ``open_spool``)."""
@@ -183,15 +196,50 @@ class FileStore:
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             view = memoryview(data)
+            if self.direct and len(view) >= DIRECT_MIN:
+                view = view[self._write_direct(fd, view) :]
             while view:
                 view = view[os.write(fd, view) :]
-            if _sync_file_range is not None:
+            if len(data) < DIRECT_MIN and _sync_file_range is not None:
                 # Start writing the data back now, without waiting: by the time the group's
                 # sync comes (after its index rows are written) it is mostly done. Only a
                 # hint: durability is still the sync's (``place``); errors are left to it.
                 _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
         finally:
             os.close(fd)
+
+    def _write_direct(self, fd: int, view: memoryview) -> int:
+        """Write the block-aligned head of ``view`` with O_DIRECT; return how many bytes went.
+
+        The caller writes the rest (the tail under one block, or everything after a
+        refusal) through the page cache. Durability is still ``place``'s sync, which
+        also makes the file's size and blocks durable.
+        """
+        assert _O_DIRECT is not None
+        head = len(view) - len(view) % _ALIGN
+        buffer: mmap.mmap | None = getattr(self._aligned, "buffer", None)
+        if buffer is None:
+            buffer = self._aligned.buffer = mmap.mmap(-1, _DIRECT_CHUNK)  # page-aligned
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        done = 0
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags | _O_DIRECT)
+            while done < head:
+                n = min(_DIRECT_CHUNK, head - done)
+                buffer[:n] = view[done : done + n]
+                wrote = os.write(fd, memoryview(buffer)[:n])
+                done += wrote
+                if wrote != n:  # short (disk nearly full): the rest goes buffered, and fails there
+                    break
+        except OSError as exc:
+            if exc.errno != errno.EINVAL or done:
+                raise
+            # This file system takes no O_DIRECT (or not at this alignment): buffered from now on.
+            self.direct = False
+            log.info("object files are written through the page cache: O_DIRECT refused (%s)", exc)
+        finally:
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+        return done
 
     def _ensure_dir(self, directory: Path) -> None:
         if directory not in self._dirs:

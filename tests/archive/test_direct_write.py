@@ -1,0 +1,99 @@
+"""FileStore.write_object: large object files go around the page cache (O_DIRECT), small ones
+through it, and a file system that refuses O_DIRECT gets buffered writes, with the same bytes."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from pacsnode.archive import blobs
+from pacsnode.archive.blobs import DIRECT_MIN, FileStore
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "O_DIRECT"), reason="no O_DIRECT on this system")
+BLOCK = 4096
+
+
+@pytest.fixture
+def writes(monkeypatch) -> list[tuple[int, bool]]:
+    """Every os.write: its length and whether its descriptor had O_DIRECT set."""
+    calls: list[tuple[int, bool]] = []
+    real = os.write
+
+    def record(fd: int, data: bytes | memoryview) -> int:
+        direct = bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)
+        n = real(fd, data)
+        calls.append((n, direct))
+        return n
+
+    monkeypatch.setattr(blobs.os, "write", record)
+    return calls
+
+
+def _write(store: FileStore, root: Path, data: bytes) -> bytes:
+    relative = "objects/20261127/01/x.dcm"
+    store.write_object(relative, data)
+    return (root / relative).read_bytes()
+
+
+@pytest.mark.parametrize(
+    "size",
+    [DIRECT_MIN - 1, DIRECT_MIN, DIRECT_MIN + 1, 40 * BLOCK + 123, (5 << 19) + 7],
+    ids=["below", "at-min", "min+1", "odd-tail", "several-chunks"],
+)
+def test_large_files_go_direct_small_ones_buffered_with_the_same_bytes(tmp_path, writes, size):
+    store = FileStore(tmp_path)
+    data = os.urandom(size)
+    assert _write(store, tmp_path, data) == data
+    direct = sum(n for n, d in writes if d)
+    buffered = sum(n for n, d in writes if not d)
+    if size < DIRECT_MIN:
+        assert (direct, buffered) == (0, size)
+    else:
+        # The block-aligned head goes direct, the tail under one block through the page cache.
+        assert (direct, buffered) == (size - size % BLOCK, size % BLOCK)
+    assert store.direct
+
+
+def test_a_file_system_refusing_o_direct_gets_buffered_writes(tmp_path, writes, monkeypatch, caplog):
+    real = fcntl.fcntl
+
+    def refuse(fd: int, cmd: int, arg: int = 0) -> int:
+        if cmd == fcntl.F_SETFL and arg & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, cmd, arg)
+
+    monkeypatch.setattr(blobs.fcntl, "fcntl", refuse)
+    store = FileStore(tmp_path)
+    data = os.urandom(DIRECT_MIN + 5000)
+    with caplog.at_level(logging.INFO, logger="pacsnode.archive"):
+        assert _write(store, tmp_path, data) == data
+    assert not store.direct
+    assert "O_DIRECT refused" in caplog.text
+    assert writes and not any(d for _, d in writes)
+    # Later files do not try again.
+    monkeypatch.setattr(blobs.fcntl, "fcntl", real)
+    writes.clear()
+    (tmp_path / "objects/20261127/01/x.dcm").unlink()
+    assert _write(store, tmp_path, data) == data
+    assert not any(d for _, d in writes)
+
+
+def test_an_error_of_the_disk_is_raised_not_hidden(tmp_path, monkeypatch):
+    real = os.write
+
+    def full(fd: int, data: bytes | memoryview) -> int:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data)
+
+    monkeypatch.setattr(blobs.os, "write", full)
+    store = FileStore(tmp_path)
+    with pytest.raises(OSError) as raised:
+        store.write_object("objects/20261127/01/x.dcm", os.urandom(DIRECT_MIN))
+    assert raised.value.errno == errno.ENOSPC
+    assert store.direct  # a full disk says nothing about O_DIRECT
