@@ -16,6 +16,7 @@ from pacsnode.archive.blobs import DIRECT_MIN, FileStore
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "O_DIRECT"), reason="no O_DIRECT on this system")
 BLOCK = 4096
+REAL_FCNTL = fcntl.fcntl
 
 
 @pytest.fixture
@@ -32,6 +33,17 @@ def writes(monkeypatch) -> list[tuple[int, bool]]:
 
     monkeypatch.setattr(blobs.os, "write", record)
     return calls
+
+
+@pytest.fixture
+def refusing(monkeypatch) -> None:
+    """A file system that refuses O_DIRECT (as tmpfs did before Linux 6.6): F_SETFL says EINVAL."""
+    def refuse(fd: int, cmd: int, arg: int = 0) -> int:
+        if cmd == fcntl.F_SETFL and arg & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return REAL_FCNTL(fd, cmd, arg)
+
+    monkeypatch.setattr(blobs.fcntl, "fcntl", refuse)
 
 
 def _write(store: FileStore, root: Path, data: bytes) -> bytes:
@@ -59,15 +71,9 @@ def test_large_files_go_direct_small_ones_buffered_with_the_same_bytes(tmp_path,
     assert store.direct
 
 
-def test_a_file_system_refusing_o_direct_gets_buffered_writes(tmp_path, writes, monkeypatch, caplog):
-    real = fcntl.fcntl
-
-    def refuse(fd: int, cmd: int, arg: int = 0) -> int:
-        if cmd == fcntl.F_SETFL and arg & os.O_DIRECT:
-            raise OSError(errno.EINVAL, "Invalid argument")
-        return real(fd, cmd, arg)
-
-    monkeypatch.setattr(blobs.fcntl, "fcntl", refuse)
+def test_a_file_system_refusing_o_direct_gets_buffered_writes(
+    tmp_path, writes, refusing, monkeypatch, caplog
+):
     store = FileStore(tmp_path)
     data = os.urandom(DIRECT_MIN + 5000)
     with caplog.at_level(logging.INFO, logger="pacsnode.archive"):
@@ -76,7 +82,7 @@ def test_a_file_system_refusing_o_direct_gets_buffered_writes(tmp_path, writes, 
     assert "O_DIRECT refused" in caplog.text
     assert writes and not any(d for _, d in writes)
     # Later files do not try again.
-    monkeypatch.setattr(blobs.fcntl, "fcntl", real)
+    monkeypatch.setattr(blobs.fcntl, "fcntl", REAL_FCNTL)
     writes.clear()
     (tmp_path / "objects/20261127/01/x.dcm").unlink()
     assert _write(store, tmp_path, data) == data
@@ -97,3 +103,34 @@ def test_an_error_of_the_disk_is_raised_not_hidden(tmp_path, monkeypatch):
         store.write_object("objects/20261127/01/x.dcm", os.urandom(DIRECT_MIN))
     assert raised.value.errno == errno.ENOSPC
     assert store.direct  # a full disk says nothing about O_DIRECT
+
+
+@pytest.mark.parametrize(
+    "size",
+    [(1 << 20) + 1, 2 << 20, (3 << 20) + BLOCK - 1, 5000],
+    ids=["1MiB+1", "2MiB", "3MiB+block-1", "under-a-chunk"],
+)
+def test_a_spool_file_goes_direct_in_whole_blocks_with_the_same_bytes(tmp_path, writes, size):
+    store = FileStore(tmp_path)
+    data = os.urandom(size)
+    spool = store.spool_path()
+    fp = store.open_spool(spool)
+    for start in range(0, size, 16_372):  # as P-DATA fragments come: any length
+        fp.write(data[start : start + 16_372])
+    fp.close()
+    fp.close()  # closing twice is harmless
+    assert spool.read_bytes() == data
+    direct = sum(n for n, d in writes if d)
+    assert direct == size - size % BLOCK
+    assert sum(n for n, d in writes if not d) == size % BLOCK
+
+
+def test_a_spool_file_on_a_file_system_refusing_o_direct_is_buffered(tmp_path, writes, refusing):
+    store = FileStore(tmp_path)
+    data = os.urandom((2 << 20) + 77)
+    spool = store.spool_path()
+    fp = store.open_spool(spool)
+    fp.write(data)
+    fp.close()
+    assert spool.read_bytes() == data
+    assert not store.direct and not any(d for _, d in writes)

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Literal
 
 log = logging.getLogger("pacsnode.archive")
 
@@ -71,9 +71,9 @@ class FileStore:
         """A fresh spool file name (the file is created by ``open_spool``)."""
         return self.spool_dir / f"{_random_name()}.part"
 
-    def open_spool(self, path: Path) -> BinaryIO:
+    def open_spool(self, path: Path) -> SpoolFile:
         """Create a spool file for writing."""
-        return path.open("xb", buffering=1 << 20)
+        return SpoolFile(self, path)
 
     def object_path(self, when: datetime, *, premade: bool = False) -> str:
         """A new relative path for an instance received at ``when``: objects/YYYYMMDD/HH/<hex>.dcm.
@@ -215,31 +215,40 @@ class FileStore:
         refusal) through the page cache. Durability is still ``place``'s sync, which
         also makes the file's size and blocks durable.
         """
-        assert _O_DIRECT is not None
         head = len(view) - len(view) % _ALIGN
         buffer: mmap.mmap | None = getattr(self._aligned, "buffer", None)
         if buffer is None:
             buffer = self._aligned.buffer = mmap.mmap(-1, _DIRECT_CHUNK)  # page-aligned
-        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
         done = 0
-        try:
-            fcntl.fcntl(fd, fcntl.F_SETFL, flags | _O_DIRECT)
+        with memoryview(buffer) as aligned:
             while done < head:
                 n = min(_DIRECT_CHUNK, head - done)
-                buffer[:n] = view[done : done + n]
-                wrote = os.write(fd, memoryview(buffer)[:n])
+                aligned[:n] = view[done : done + n]
+                wrote = self.write_aligned(fd, aligned[:n])
                 done += wrote
-                if wrote != n:  # short (disk nearly full): the rest goes buffered, and fails there
+                if wrote != n:  # refused, or short (disk nearly full): the rest goes buffered
                     break
+        return done
+
+    def write_aligned(self, fd: int, block: memoryview) -> int:
+        """Write whole blocks from a page-aligned buffer at the file's (block-aligned) offset,
+        around the page cache; return the bytes written, 0 if the file system refuses O_DIRECT.
+        """
+        if not self.direct or _O_DIRECT is None:
+            return 0
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags | _O_DIRECT)
+            return os.write(fd, block)
         except OSError as exc:
-            if exc.errno != errno.EINVAL or done:
+            if exc.errno != errno.EINVAL:
                 raise
             # This file system takes no O_DIRECT (or not at this alignment): buffered from now on.
             self.direct = False
             log.info("object files are written through the page cache: O_DIRECT refused (%s)", exc)
+            return 0
         finally:
             fcntl.fcntl(fd, fcntl.F_SETFL, flags)
-        return done
 
     def _ensure_dir(self, directory: Path) -> None:
         if directory not in self._dirs:
@@ -347,6 +356,53 @@ class FileStore:
                 if key >= start:
                     out.extend(f"{OBJECTS}/{key}/{f.name}" for f in hour.iterdir())
         return out
+
+
+class SpoolFile:
+    """A spool file written in 1 MiB blocks around the page cache (``FileStore.write_aligned``),
+    its last partial block through it: a spilled data set costs no page cache filling.
+    """
+
+    def __init__(self, store: FileStore, path: Path) -> None:
+        self._store = store
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self._buffer = mmap.mmap(-1, _DIRECT_CHUNK)  # page-aligned; one per spilling data set
+        self._filled = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Append bytes (a full block goes to the disk at once)."""
+        view = memoryview(data)
+        while view:
+            n = min(_DIRECT_CHUNK - self._filled, len(view))
+            self._buffer[self._filled : self._filled + n] = view[:n]
+            self._filled += n
+            view = view[n:]
+            if self._filled == _DIRECT_CHUNK:
+                self._drain()
+
+    def _drain(self) -> None:
+        with memoryview(self._buffer) as buffered:
+            head = self._filled - self._filled % _ALIGN
+            done = self._store.write_aligned(self._fd, buffered[:head]) if head else 0
+            rest = buffered[done : self._filled]
+            while rest:  # refused, short, or the last partial block: through the page cache
+                rest = rest[os.write(self._fd, rest) :]
+        # Every block but the last is whole: the next one starts block-aligned again.
+        self._filled = 0
+
+    def close(self) -> None:
+        """Write what is buffered and close (the file is complete, not yet durable)."""
+        if self._fd < 0:
+            return
+        try:
+            if self._filled:
+                self._drain()
+        finally:
+            os.close(self._fd)
+            self._fd = -1
+            # A view of the buffer held by a traceback keeps it until that goes.
+            with contextlib.suppress(BufferError):
+                self._buffer.close()
 
 
 def _random_name() -> str:

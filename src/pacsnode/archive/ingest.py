@@ -14,12 +14,12 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from io import BytesIO
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, TypeVar
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from pacsnode.archive.blobs import SMALL_GROUP, FileStore
+from pacsnode.archive.blobs import SMALL_GROUP, FileStore, SpoolFile
 from pacsnode.archive.index import RECOVER_REPLACE, ArchiveIndex, InstanceRecord, Outcome, open_transactions
 from pacsnode.archive.mpps import PerformedSteps
 from pacsnode.archive.records import InvalidInstance, instance_record, read_keys, uid_of
@@ -94,7 +94,7 @@ class SpoolSink:
         self.size = 0
         self.error: OSError | None = None
         self._memory_limit = memory_limit
-        self._fp: BinaryIO | None = None
+        self._fp: SpoolFile | None = None
         # PS3.10 7.1: our meta, the negotiated transfer syntax, the sender's AE title.
         meta = file_meta(sop_class_uid, sop_instance_uid, transfer_syntax_uid, source_ae_title)
         self._parts: list[bytes] | None = [meta]
