@@ -84,3 +84,37 @@ async def test_an_index_that_fails_before_the_sync_keeps_nothing(archive, size):
     assert_consistent(archive.store.root, archive.index)
     again = make_instance(size=size)
     assert (await asyncio.wait_for(archive.ingest(received_sink(archive, again)[0]), WAIT)).ok
+
+
+@pytest.mark.parametrize("size", [512, 16], ids=["large", "small"])
+async def test_where_the_file_is_written(archive, size):
+    """A large one is written by the syncer (beside its hashing), a small one by the committer."""
+    writers: list[str] = []
+    real_write = archive.store.write_object
+
+    def write_object(relative: str, data: bytes) -> None:
+        writers.append(threading.current_thread().name)
+        real_write(relative, data)
+
+    archive.store.write_object = write_object
+    ds = make_instance(size=size)
+    result = await asyncio.wait_for(archive.ingest(received_sink(archive, ds)[0]), WAIT)
+    assert result.ok, result
+    assert len(writers) == 1
+    assert writers[0].startswith("pacsnode-sync") is (size == 512), writers
+
+
+async def test_a_large_file_that_cannot_be_written_answers_a700_and_keeps_nothing(archive):
+    def write_object(relative: str, data: bytes) -> None:
+        target = archive.store.root / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data[:1000])  # a part written, then the disk fails
+        raise OSError(28, "No space left on device")
+
+    archive.store.write_object = write_object
+    ds = make_instance(size=512)
+    result = await asyncio.wait_for(archive.ingest(received_sink(archive, ds)[0]), WAIT)
+    assert result.status == Status.OUT_OF_RESOURCES, result
+    assert "No space left" in result.comment
+    assert archive.index.instance(str(ds.SOPInstanceUID)) is None
+    assert_consistent(archive.store.root, archive.index)

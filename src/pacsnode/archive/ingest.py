@@ -448,8 +448,10 @@ class Archive:
         # this one hashes large ones and writes the index rows); the transaction commits only
         # once the sync has returned, so a row is never durable before its file (DESIGN.md
         # durability contract).
-        moves = [(item.sink.path, item.relative) for item in ready if not item.sink.placed]
-        written = [item.relative for item in ready if item.sink.placed]
+        moves = [(item.sink.path, item.relative) for item in ready if not item.sink.in_memory]
+        written = [item.relative for item in ready if item.sink.in_memory]
+        # Large ones held in memory are written by the syncer, while this thread hashes them.
+        late = [(item.sink, item.relative) for item in ready if item.sink.in_memory and not item.sink.placed]
         placing: Future[None]
         before_commit: Callable[[], object]
         here = self._inline and len(ready) <= SMALL_GROUP and all(item.sink.size < _LARGE for item in ready)
@@ -471,7 +473,7 @@ class Archive:
 
             before_commit = sync_here
         else:
-            placing = self._syncer.submit(self.store.place, moves, written)
+            placing = self._syncer.submit(self._write_and_place, late, moves, written)
             before_commit = placing.result
         for item in ready:
             if item.record is not None and not item.record.sha256:  # hashed while its file syncs
@@ -506,6 +508,18 @@ class Archive:
                 self.index.empty_trash(deleted)
             except Exception as exc:  # replayed at the next start-up
                 log.warning("could not clear the trash journal: %s", exc)
+
+    def _write_and_place(
+        self, late: Sequence[tuple[SpoolSink, str]], moves: list[tuple[Path, str]], written: list[str]
+    ) -> None:
+        """Syncer thread: write the large files held in memory, then make the group durable.
+
+        An error writing one fails the group (as a failed sync does): 0xA700 for each.
+        """
+        for sink, relative in late:
+            self.store.write_object(relative, sink.content())
+            sink.placed = True
+        self.store.place(moves, written)
 
     def _check(self, item: _Pending, now: datetime) -> StoreResult | None:
         sink = item.sink
@@ -563,6 +577,8 @@ class Archive:
             self.store.give_back(item.relative)
             # PS3.18 10.5.3: an instance of another study than the target resource's is refused.
             return StoreResult(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, "Study Instance UID differs", uid)
+        if sink.in_memory and sink.size >= _LARGE:
+            return None  # written in the syncer thread (_write_and_place), beside its hashing
         sink.write_out(item.relative)
         if sink.error is not None:
             return StoreResult(Status.OUT_OF_RESOURCES, f"cannot write: {sink.error.strerror}"[:64], uid)
