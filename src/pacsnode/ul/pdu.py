@@ -724,10 +724,23 @@ class PDUReader:
         if len(buf) < need:
             return None
         pdu_type = self._type
-        body = bytes(buf[6:need])
-        del buf[:need]
         self._type = -1
         self._need = 6
+        if pdu_type == PDUType.P_DATA_TF:
+            # Each PDV value is copied once, straight out of the buffer (its values are bytes:
+            # no view of the buffer outlives this block, which the del below needs).
+            try:
+                with memoryview(buf) as view:
+                    pdata = _decode_pdata(view[6:need])
+            except BaseException:
+                # The error's traceback still holds views of the buffer: start a new one (the
+                # association is aborted anyway; nothing after a malformed PDU is read).
+                self._buf = bytearray()
+                raise
+            del buf[:need]
+            return pdata
+        body = bytes(buf[6:need])
+        del buf[:need]
         return decode(pdu_type, body)
 
 
