@@ -1,4 +1,4 @@
-"""The SQLite index's writer: one connection kept between groups, WAL checkpoints in the background."""
+"""The SQLite index's writer: one connection kept between groups, WAL checkpoints between groups."""
 
 from __future__ import annotations
 
@@ -42,9 +42,11 @@ def _wal_size(db: Path) -> int:
 
 
 @pytest.mark.parametrize("checkpoints", [True, False])
-def test_the_wal_stays_bounded_by_background_checkpoints(tmp_path, monkeypatch, checkpoints):
-    """One-instance groups, as one association sends them: with the background checkpoint
-    the WAL is reused; without it (the control) it grows with every group."""
+def test_the_wal_stays_bounded_under_sustained_writes(tmp_path, monkeypatch, checkpoints):
+    """One-instance groups back to back, as one busy association sends them: with the writer's
+    own checkpoints the WAL is reused; without them (the control) it grows with every group.
+    (Checkpoints from a background thread passed this test only when it waited for each one;
+    under real load they never caught up with the writer and the WAL grew without end.)"""
     if not checkpoints:
         monkeypatch.setattr(index_module, "_CHECKPOINT_EVERY", 10**9)
     db = tmp_path / "index.sqlite"
@@ -54,8 +56,6 @@ def test_the_wal_stays_bounded_by_background_checkpoints(tmp_path, monkeypatch, 
         biggest = 0
         for record in _records(GROUPS):
             assert index.store([record], "reject")[0].outcome is Outcome.STORED
-            if index._checkpointing is not None:
-                index._checkpointing.result(30)  # the checkpoint ran, and raised nothing
             biggest = max(biggest, _wal_size(db))
         with index.engine.connect() as conn:
             instances = conn.exec_driver_sql("SELECT count(*) FROM instances").scalar_one()
