@@ -200,7 +200,7 @@ class FileStore:
                 view = view[self._write_direct(fd, view) :]
             while view:
                 view = view[os.write(fd, view) :]
-            if len(data) < DIRECT_MIN and _sync_file_range is not None:
+            if (len(data) < DIRECT_MIN or not self.direct) and _sync_file_range is not None:
                 # Start writing the data back now, without waiting: by the time the group's
                 # sync comes (after its index rows are written) it is mostly done. Only a
                 # hint: durability is still the sync's (``place``); errors are left to it.
@@ -245,7 +245,7 @@ class FileStore:
                 raise
             # This file system takes no O_DIRECT (or not at this alignment): buffered from now on.
             self.direct = False
-            log.info("object files are written through the page cache: O_DIRECT refused (%s)", exc)
+            log.info("instance files are written through the page cache: O_DIRECT refused (%s)", exc)
             return 0
         finally:
             fcntl.fcntl(fd, fcntl.F_SETFL, flags)
