@@ -242,6 +242,9 @@ class AuditTrail:
                 if self._stopping.is_set() and time.monotonic() > self._stop_by:
                     return  # what is left is sent after the next start
                 self._wake.clear()
+                # close() says stop only once the writer has kept everything: a read that
+                # began after that sees every row, an earlier one may have missed the last.
+                final = self._stopping.is_set()
                 try:
                     pending = store.unsent(_SEND_BATCH)
                 except Exception as exc:
@@ -252,7 +255,7 @@ class AuditTrail:
                         self._retry.clear()
                         continue
                 if not pending:
-                    if self._stopping.is_set():
+                    if final:
                         return
                     self._wake.wait(self.poll)
                     continue
