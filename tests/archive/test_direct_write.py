@@ -13,6 +13,8 @@ import pytest
 
 from pacsnode.archive import blobs
 from pacsnode.archive.blobs import DIRECT_MIN, FileStore
+from pacsnode.archive.ingest import Archive
+from pacsnode.config.settings import load_settings
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "O_DIRECT"), reason="no O_DIRECT on this system")
 BLOCK = 4096
@@ -38,6 +40,7 @@ def writes(monkeypatch) -> list[tuple[int, bool]]:
 @pytest.fixture
 def refusing(monkeypatch) -> None:
     """A file system that refuses O_DIRECT (as tmpfs did before Linux 6.6): F_SETFL says EINVAL."""
+
     def refuse(fd: int, cmd: int, arg: int = 0) -> int:
         if cmd == fcntl.F_SETFL and arg & os.O_DIRECT:
             raise OSError(errno.EINVAL, "Invalid argument")
@@ -134,3 +137,16 @@ def test_a_spool_file_on_a_file_system_refusing_o_direct_is_buffered(tmp_path, w
     fp.close()
     assert spool.read_bytes() == data
     assert not store.direct and not any(d for _, d in writes)
+
+
+def test_direct_writes_can_be_turned_off(tmp_path, writes):
+    """[storage] direct_writes = false: every file through the page cache."""
+    settings = load_settings(
+        None, {"node": {"data": tmp_path}, "storage": {"direct_writes": False}}, environ={}
+    )
+    store = Archive(settings).store
+    assert not store.direct
+    data = os.urandom(DIRECT_MIN + 5000)
+    assert _write(store, tmp_path, data) == data
+    assert writes and not any(d for _, d in writes)
+    assert Archive(load_settings(None, {"node": {"data": tmp_path}}, environ={})).store.direct

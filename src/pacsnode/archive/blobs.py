@@ -43,7 +43,9 @@ _O_DIRECT: int | None = getattr(os, "O_DIRECT", None)
 class FileStore:
     """Files under one data folder. Names are generated here, never taken from peer-supplied text."""
 
-    def __init__(self, root: Path, sync: Literal["syncfs", "fsync"] = "syncfs") -> None:
+    def __init__(
+        self, root: Path, sync: Literal["syncfs", "fsync"] = "syncfs", *, direct: bool = True
+    ) -> None:
         self.root = root
         self.spool_dir = root / SPOOL
         self.objects_dir = root / OBJECTS
@@ -63,8 +65,9 @@ class FileStore:
         self._pool_stop = False
         self._premade: set[str] = set()  # handed out, not yet written or placed
         self.refilled = threading.Event()  # set after each batch joins the pool
-        # False once the file system refused O_DIRECT (tmpfs on older kernels, some FUSE ones).
-        self.direct = _O_DIRECT is not None
+        # False when turned off ([storage] direct_writes), or once the file system refused
+        # O_DIRECT (tmpfs before Linux 6.6, some FUSE ones).
+        self.direct = direct and _O_DIRECT is not None
         self._aligned = threading.local()  # per thread: a page-aligned buffer for O_DIRECT writes
 
     def spool_path(self) -> Path:

@@ -213,7 +213,8 @@ class Archive:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store = FileStore(settings.node.data, settings.storage.sync)
+        storage = settings.storage
+        self.store = FileStore(settings.node.data, storage.sync, direct=storage.direct_writes)
         self.index = ArchiveIndex(settings.index_url())
         self.worklist = Worklist(self.index)
         self.performed_steps = PerformedSteps(self.index, self.worklist)

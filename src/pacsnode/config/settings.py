@@ -144,6 +144,9 @@ class StorageSettings(BaseModel):
     # Seconds a group commit waits for the next small instance of each association of the
     # previous group, so that concurrent associations share one sync (0: never wait).
     group_wait: float = Field(default=0.002, ge=0, le=1.0)
+    # Write files of 128 KiB or more around the page cache (O_DIRECT, Linux): far less kernel
+    # time per file; false keeps them in the page cache for a reader that follows at once.
+    direct_writes: bool = True
 
 
 class PeerSettings(BaseModel):
