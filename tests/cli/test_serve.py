@@ -11,7 +11,17 @@ from collections.abc import Iterator
 import pytest
 
 from pacsnode.net.blocking import connect
-from peerkit import HOST, PACSNODE, WAIT, ServeOutput, free_port, need_tool, run_tool
+from peerkit import (
+    HOST,
+    PACSNODE,
+    WAIT,
+    ServeOutput,
+    data_files,
+    free_port,
+    need_testdata,
+    need_tool,
+    run_tool,
+)
 
 LISTENING = r"pacsnode (\S+) listening for DICOM on ([0-9.]+):(\d+)"
 
@@ -136,3 +146,31 @@ def test_serve_config_from_pacsnode_config(serve, tmp_path):
     r = run_tool([PACSNODE, "echo", HOST, m[3]])
     assert r.returncode == 0, r.stdout
     assert node.stop() == 0
+
+
+def test_one_process_per_data_folder(serve, tmp_path):
+    """A second `serve` or an `import` on the data folder of a running node is refused (exit 1,
+    the holder named) and leaves the node's folder as it was; once the node stops, import works."""
+    data = tmp_path / "d"
+    node = serve("--dicom-port", "0", "--data", str(data))
+    port = int(node.wait_for(LISTENING)[3])
+    image = need_testdata("modalities", "CT_small.dcm")
+    env = {**os.environ, "COLUMNS": "250", "PACSNODE_HTTP_PORT": "0"}
+    second = run_tool([PACSNODE, "serve", "--dicom-port", "0", "--data", str(data)], env=env, timeout=30)
+    assert second.returncode == 1, second.stdout
+    in_use = f"the data folder {data} is in use by another pacsnode process (pid {node.proc.pid})"
+    assert in_use in second.stdout
+    assert "listening" not in second.stdout
+    before = data_files(data)
+    imported = run_tool([PACSNODE, "import", str(image), "--data", str(data)], env=env, timeout=30)
+    assert imported.returncode == 1, imported.stdout
+    assert in_use in imported.stdout
+    assert "pacsnode store" in imported.stdout
+    assert data_files(data) == before
+    # The running node is unharmed: it still stores.
+    stored = run_tool([PACSNODE, "store", HOST, str(port), str(image), "--aec", "PACSNODE"], timeout=30)
+    assert stored.returncode == 0, stored.stdout
+    assert node.stop(signal.SIGTERM) == 0, node.output
+    again = run_tool([PACSNODE, "import", str(image), "--data", str(data)], env=env, timeout=30)
+    assert again.returncode == 0, again.stdout
+    assert "already in the archive" in again.stdout

@@ -20,6 +20,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from pacsnode.archive.blobs import SMALL_GROUP, FileStore, SpoolFile
+from pacsnode.archive.folder_lock import FolderLock
 from pacsnode.archive.index import RECOVER_REPLACE, ArchiveIndex, InstanceRecord, Outcome, open_transactions
 from pacsnode.archive.mpps import PerformedSteps
 from pacsnode.archive.records import InvalidInstance, instance_record, read_keys, uid_of
@@ -215,6 +216,7 @@ class Archive:
         self.settings = settings
         storage = settings.storage
         self.store = FileStore(settings.node.data, storage.sync, direct=storage.direct_writes)
+        self.lock = FolderLock(settings.node.data)  # held from open() to close()
         self.index = ArchiveIndex(settings.index_url())
         self.worklist = Worklist(self.index)
         self.performed_steps = PerformedSteps(self.index, self.worklist)
@@ -242,7 +244,18 @@ class Archive:
         index row was synced before its row was written, so it may have been
         acknowledged and its row lost with the index's unsynced tail: it is
         indexed again (or dropped if it cannot be read whole).
+
+        Raises DataFolderInUse when another process has the data folder open: what is
+        repaired here would be that process's instances in flight.
         """
+        self.lock.acquire()
+        try:
+            self._repair()
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _repair(self) -> None:
         self.index.migrate()
         obsolete = self.index.trash_paths()
         for relative in obsolete:
@@ -306,6 +319,7 @@ class Archive:
         self._syncer.shutdown(wait=True)
         self.store.stop_pool()
         self.index.dispose()
+        self.lock.release()
 
     # ------------------------------------------------------------ network ingest
 

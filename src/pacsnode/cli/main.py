@@ -150,6 +150,7 @@ def serve(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Log warnings and errors only.")] = False,
 ) -> None:
     """Run the node: answer DICOM associations until interrupted (Ctrl-C drains and stops)."""
+    from pacsnode.archive.folder_lock import DataFolderInUse
     from pacsnode.net.node import Node
     from pacsnode.web.server import HttpServer
 
@@ -175,6 +176,8 @@ def serve(
         node.companions.append(Hl7Server(settings, node.archive, audit=node.audit))
     try:
         run_loop(node.run_forever())
+    except DataFolderInUse as exc:  # another serve or import on this data folder
+        raise _fail(str(exc)) from None
     except OSError as exc:
         where = exc.filename or f"{settings.node.host}:{settings.node.dicom_port}"
         raise _fail(f"cannot listen on {where}: {exc.strerror or exc}") from None
@@ -343,12 +346,15 @@ def import_(
     report: ReportOpt = None,
     verbose: FilesVerboseOpt = 0,
 ) -> None:
+    from pacsnode.archive.folder_lock import DataFolderInUse
     from pacsnode.cli.importer import run_import
 
     _setup_logging(max(verbose - 1, 0))
     settings = _settings(config, data=data)
     try:
         ok = run_import(paths, settings, recursive=recursive, verbose=verbose, console=err, report=report)
+    except DataFolderInUse as exc:  # a node serving this data folder, or another import
+        raise _fail(str(exc)) from None
     except OSError as exc:
         raise _fail(f"{exc.filename or settings.node.data}: {exc.strerror or exc}") from None
     except KeyboardInterrupt:
