@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -59,9 +60,12 @@ def _executors(obj: object) -> list[tuple[str, ThreadPoolExecutor]]:
 def _thread_cpu() -> dict[str, tuple[float, float]]:
     """CPU seconds (user, system) of each live thread of this process, by "name:tid" (Linux /proc)."""
     out: dict[str, tuple[float, float]] = {}
+    # Python's own thread names: the kernel's comm is "python" for every thread.
+    names = {t.native_id: t.name for t in threading.enumerate()}
     for task in Path("/proc/self/task").iterdir():
         try:
-            out[f"{(task / 'comm').read_text().strip()}:{task.name}"] = user_system_seconds(task / "stat")
+            name = names.get(int(task.name)) or (task / "comm").read_text().strip()
+            out[f"{name}:{task.name}"] = user_system_seconds(task / "stat")
         except OSError:
             continue  # the thread ended
     return out

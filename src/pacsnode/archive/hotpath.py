@@ -101,7 +101,8 @@ class HotPath:
         last = self._last_time
         if last is not None and last[0] is value:
             return last[1]
-        text = value.astimezone(UTC).replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
+        # isoformat: the same text as strftime("%Y-%m-%d %H:%M:%S.%f") at a tenth of the cost.
+        text = value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
         self._last_time = (value, text)
         return text
 
