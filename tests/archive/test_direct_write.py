@@ -150,3 +150,93 @@ def test_direct_writes_can_be_turned_off(tmp_path, writes):
     assert _write(store, tmp_path, data) == data
     assert writes and not any(d for _, d in writes)
     assert Archive(load_settings(None, {"node": {"data": tmp_path}}, environ={})).store.direct
+
+
+# ------------------------------------------------------------ [storage] direct_writes = "auto"
+
+
+def test_auto_times_both_ways_with_real_files_and_leaves_nothing(tmp_path, writes, caplog):
+    store = FileStore(tmp_path, direct="auto")
+    assert store.auto_direct and store.direct  # until the probe: direct
+    with caplog.at_level(logging.INFO, logger="pacsnode.archive"):
+        store.choose_write_path(rounds=2)
+    assert list(store.spool_dir.iterdir()) == []  # the probe files are gone
+    # Two rounds, each one file direct (its block-aligned head with O_DIRECT) and one buffered.
+    assert sum(1 for n, d in writes if d) == 2
+    assert sum(n for n, d in writes if not d) == 2 * 525_000 + 2 * (525_000 % BLOCK)
+    way = "around the page cache (O_DIRECT)" if store.direct else "through the page cache"
+    assert f"large instance files are written {way}: a 525 kB write and sync took" in caplog.text
+
+
+@pytest.mark.parametrize(("direct_ms", "buffered_ms", "chosen"), [(0.6, 1.4, True), (2.5, 1.35, False)])
+def test_auto_keeps_the_faster_way(tmp_path, monkeypatch, direct_ms, buffered_ms, chosen):
+    """The medians decide (one slow outlier each way does not)."""
+    rounds: dict[bool, list[float]] = {
+        True: [direct_ms, 9.0, direct_ms],
+        False: [buffered_ms, buffered_ms, 9.0],
+    }
+
+    def timed(self, data: bytes, direct: bool) -> float:
+        return rounds[direct].pop(0) / 1e3
+
+    monkeypatch.setattr(FileStore, "_timed_write", timed)
+    store = FileStore(tmp_path, direct="auto")
+    store.choose_write_path(rounds=3)
+    assert store.direct is chosen
+    assert rounds == {True: [], False: []}
+
+
+def test_auto_at_archive_open_and_only_then(tmp_path, monkeypatch):
+    probed: list[bool] = []
+
+    def timed(self, data: bytes, direct: bool) -> float:
+        probed.append(direct)
+        return 0.001 if direct else 0.002
+
+    monkeypatch.setattr(FileStore, "_timed_write", timed)
+    for value, expected in ((True, True), (False, False)):
+        settings = load_settings(
+            None, {"node": {"data": tmp_path}, "storage": {"direct_writes": value}}, environ={}
+        )
+        archive = Archive(settings)
+        archive.open()
+        archive.lock.release()
+        assert archive.store.direct is expected
+    assert probed == []  # true and false are not measured
+    archive = Archive(load_settings(None, {"node": {"data": tmp_path}}, environ={}))  # the default: auto
+    archive.open()
+    archive.lock.release()
+    assert archive.store.direct and probed == [True, False] * 5
+
+
+def test_auto_keeps_direct_when_the_probe_fails(tmp_path, monkeypatch, caplog):
+    def full(self, data: bytes, direct: bool) -> float:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(FileStore, "_timed_write", full)
+    store = FileStore(tmp_path, direct="auto")
+    with caplog.at_level(logging.WARNING, logger="pacsnode.archive"):
+        store.choose_write_path()
+    assert store.direct
+    assert "cannot compare direct and buffered writes" in caplog.text
+
+
+def test_auto_on_a_file_system_refusing_o_direct_stays_buffered(tmp_path, refusing):
+    store = FileStore(tmp_path, direct="auto")
+    store.choose_write_path(rounds=1)
+    assert not store.direct
+    assert list(store.spool_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("value", ['"sometimes"', "2", '"yes please"'])
+def test_direct_writes_takes_auto_true_or_false_only(tmp_path, value):
+    from pacsnode.config.settings import ConfigError
+
+    config = tmp_path / "pacsnode.toml"
+    config.write_text(f"[storage]\ndirect_writes = {value}\n")
+    with pytest.raises(ConfigError, match=r"\[storage\] direct_writes") as bad:
+        load_settings(config, {"node": {"data": tmp_path}}, environ={})
+    assert "'auto'" in str(bad.value)
+    for good, expected in (('"auto"', "auto"), ("true", True), ("false", False)):
+        config.write_text(f"[storage]\ndirect_writes = {good}\n")
+        assert load_settings(config, {}, environ={}).storage.direct_writes == expected

@@ -145,8 +145,9 @@ class StorageSettings(BaseModel):
     # previous group, so that concurrent associations share one sync (0: never wait).
     group_wait: float = Field(default=0.002, ge=0, le=1.0)
     # Write files of 128 KiB or more around the page cache (O_DIRECT, Linux): far less kernel
-    # time per file; false keeps them in the page cache for a reader that follows at once.
-    direct_writes: bool = True
+    # time per file on some hosts, more on others; "auto" times both ways at start-up and
+    # keeps the faster; false keeps them in the page cache for a reader that follows at once.
+    direct_writes: Literal["auto"] | bool = "auto"
 
 
 class PeerSettings(BaseModel):
