@@ -212,11 +212,7 @@ class FileStore:
             self._ensure_dir(target.parent)
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            view = memoryview(data)
-            if self.direct and len(view) >= DIRECT_MIN:
-                view = view[self._write_direct(fd, view) :]
-            while view:
-                view = view[os.write(fd, view) :]
+            self._write_all(fd, data, direct=self.direct and len(data) >= DIRECT_MIN)
             if (len(data) < DIRECT_MIN or not self.direct) and _sync_file_range is not None:
                 # Start writing the data back now, without waiting: by the time the group's
                 # sync comes (after its index rows are written) it is mostly done. Only a
@@ -224,6 +220,15 @@ class FileStore:
                 _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
         finally:
             os.close(fd)
+
+    def _write_all(self, fd: int, data: bytes, *, direct: bool) -> None:
+        """Write all of ``data`` at the file's offset: with ``direct``, its block-aligned head
+        around the page cache (``_write_direct``), the rest through it."""
+        view = memoryview(data)
+        if direct:
+            view = view[self._write_direct(fd, view) :]
+        while view:
+            view = view[os.write(fd, view) :]
 
     def _write_direct(self, fd: int, view: memoryview) -> int:
         """Write the block-aligned head of ``view`` with O_DIRECT; return how many bytes went.
@@ -306,11 +311,7 @@ class FileStore:
         started = time.perf_counter()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            view = memoryview(data)
-            if direct:
-                view = view[self._write_direct(fd, view) :]
-            while view:
-                view = view[os.write(fd, view) :]
+            self._write_all(fd, data, direct=direct)
             os.fdatasync(fd)
         finally:
             os.close(fd)

@@ -251,6 +251,7 @@ class Archive:
         self.lock.acquire()
         try:
             self._repair()
+            self.store.choose_write_path()  # [storage] direct_writes = "auto"
         except BaseException:
             self.lock.release()
             raise
@@ -267,7 +268,6 @@ class Archive:
         recent = self.store.recent_relatives(since - timedelta(hours=1) if since is not None else None)
         known = self.index.known_paths(recent)
         self.store.sweep(())
-        self.store.choose_write_path()  # [storage] direct_writes = "auto"
         orphans = [p for p in recent if p not in known]
         # Empty ones are pre-made names an interrupted run had not used yet: nothing to recover.
         premade = {p for p in orphans if _size(self.store.absolute(p)) == 0}

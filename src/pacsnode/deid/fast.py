@@ -81,6 +81,7 @@ _SHORT_VRS = frozenset(
 )
 _VRS = {vr.encode("ascii"): vr for vr in _LONG_VRS | _SHORT_VRS}
 _UNDEFINED = 0xFFFFFFFF
+_ESC = 0x1B  # PS3.5 6.1.2.5.3: the escape sequence of an ISO 2022 code element
 _ITEM = 0xFFFEE000  # PS3.5 7.5: Item, Item Delimitation Item, Sequence Delimitation Item
 _ITEM_END = 0xFFFEE00D
 _SEQUENCE_END = 0xFFFEE0DD
@@ -737,7 +738,7 @@ def _fragments(data: bytes, pos: int, limit: int) -> int:
 
 
 def _ascii(raw: bytes) -> str:
-    if not raw.isascii() or b"\x1b" in raw:
+    if not raw.isascii() or _ESC in raw:  # an int operand: no TypeError formatted and dropped
         raise Fallback("a value that is not ASCII")  # its character set is for pydicom to apply
     return raw.decode("ascii")
 
