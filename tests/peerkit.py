@@ -28,6 +28,7 @@ import pytest
 
 from pacsnode import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from pacsnode.archive.folder_lock import LOCK_FILE
+from pacsnode.archive.ownership import FOLDER_ID_FILE
 from pacsnode.config.settings import NetworkSettings, Settings
 from pacsnode.data.uids import UNCOMPRESSED_TRANSFER_SYNTAXES, VERIFICATION_SOP_CLASS
 from pacsnode.dimse.commands import Command, decode_command, encode_command
@@ -661,7 +662,7 @@ def data_files(data: Path) -> list[str]:
     One walk, each file judged as it is met: the node's pool may add empty files meanwhile."""
     out = []
     for p in data.rglob("*"):
-        if not p.is_file() or p.name.startswith("index.sqlite") or p.name == LOCK_FILE:
+        if not p.is_file() or p.name.startswith("index.sqlite") or p.name in (LOCK_FILE, FOLDER_ID_FILE):
             continue
         rel = p.relative_to(data).as_posix()
         if rel.startswith("objects/") and _size_or_none(p) in (0, None):

@@ -87,4 +87,25 @@ def test_an_index_of_0006_gets_an_empty_audit_trail(index: ArchiveIndex) -> None
     index.migrate()
     with index.engine.connect() as conn:
         assert conn.execute(select(audit_messages)).all() == []
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one() == "0007"
+    assert _version(index) == "0008"
+
+
+def test_an_index_of_0007_is_claimed_by_the_next_archive_that_opens_it(
+    tmp_path: Path, index: ArchiveIndex
+) -> None:
+    # 0008: archive_owner (archive/ownership.py), empty after the upgrade; an archive of pacsnode
+    # before it knew no owner, so the first archive that opens the upgraded index claims it.
+    from pacsnode.archive.ownership import claim, read_folder_id
+
+    _upgrade(index, "0007")
+    index.migrate()
+    assert _version(index) == "0008"
+    assert index.owner() is None
+    own = claim(index, tmp_path)
+    assert own == read_folder_id(tmp_path)
+    assert index.owner() == (own, str(tmp_path.resolve()))
+
+
+def _version(index: ArchiveIndex) -> str:
+    with index.engine.connect() as conn:
+        return str(conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one())

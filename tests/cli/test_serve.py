@@ -174,3 +174,24 @@ def test_one_process_per_data_folder(serve, tmp_path):
     again = run_tool([PACSNODE, "import", str(image), "--data", str(data)], env=env, timeout=30)
     assert again.returncode == 0, again.stdout
     assert "already in the archive" in again.stdout
+
+
+def test_one_data_folder_per_index(tmp_path):
+    """Two data folders given one index URL: the second `serve` and `import` exit 1 naming the
+    folder the index belongs to, and store nothing; the first folder's node starts as before."""
+    index_url = f"sqlite:///{tmp_path / 'shared.sqlite'}"
+    env = {**os.environ, "COLUMNS": "250", "PACSNODE_HTTP_PORT": "0", "PACSNODE_INDEX_URL": index_url}
+    image = need_testdata("modalities", "CT_small.dcm")
+    first, second = tmp_path / "first", tmp_path / "second"
+    imported = run_tool([PACSNODE, "import", str(image), "--data", str(first)], env=env, timeout=30)
+    assert imported.returncode == 0, imported.stdout
+    belongs = f"the index {index_url} belongs to the data folder {first.resolve()}"
+    for argv in (["import", str(image)], ["serve", "--dicom-port", "0"]):
+        refused = run_tool([PACSNODE, *argv, "--data", str(second)], env=env, timeout=30)
+        assert refused.returncode == 1, refused.stdout
+        assert belongs in refused.stdout and f"not to {second.resolve()}" in refused.stdout
+        assert "listening" not in refused.stdout
+    assert data_files(second) == []
+    again = run_tool([PACSNODE, "import", str(image), "--data", str(first)], env=env, timeout=30)
+    assert again.returncode == 0, again.stdout
+    assert "already in the archive" in again.stdout

@@ -13,12 +13,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Insert, create_engine, event, func, select
+from sqlalchemy import Connection, Engine, Insert, create_engine, event, func, insert, select, update
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 
 from pacsnode.archive.hotpath import HotPath
 from pacsnode.archive.matching import name_keys
 from pacsnode.archive.schema import (
+    archive_owner,
     changes,
     instances,
     metadata,
@@ -770,6 +772,34 @@ class ArchiveIndex:
         if done:
             with self.engine.begin() as conn:
                 conn.execute(trash.delete().where(trash.c.path.in_(done)))
+
+    # ------------------------------------------------------------ owner (archive/ownership.py)
+
+    def owner(self) -> tuple[str, str] | None:
+        """The id and last folder of the data folder this index belongs to; None if unclaimed."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(archive_owner.c.folder_id, archive_owner.c.folder)).first()
+        return (str(row[0]), str(row[1])) if row is not None else None
+
+    def claim_owner(self, folder_id: str, folder: str) -> tuple[str, str]:
+        """Claim an unclaimed index for a data folder; returns the owner (another, if it won)."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    insert(archive_owner).values(
+                        id=1, folder_id=folder_id, folder=folder, claimed_at=datetime.now(UTC)
+                    )
+                )
+        except IntegrityError:  # another archive claimed it first (the one row has id 1)
+            pass
+        owner = self.owner()
+        assert owner is not None
+        return owner
+
+    def set_owner_folder(self, folder: str) -> None:
+        """Record where the owning data folder is now (it moved)."""
+        with self.engine.begin() as conn:
+            conn.execute(update(archive_owner).values(folder=folder))
 
     # ------------------------------------------------------------ reads
 

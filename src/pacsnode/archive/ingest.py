@@ -23,6 +23,7 @@ from pacsnode.archive.blobs import SMALL_GROUP, FileStore, SpoolFile
 from pacsnode.archive.folder_lock import FolderLock
 from pacsnode.archive.index import RECOVER_REPLACE, ArchiveIndex, InstanceRecord, Outcome, open_transactions
 from pacsnode.archive.mpps import PerformedSteps
+from pacsnode.archive.ownership import claim
 from pacsnode.archive.records import InvalidInstance, instance_record, read_keys, uid_of
 from pacsnode.archive.worklist import Worklist
 from pacsnode.config.settings import Settings
@@ -246,10 +247,13 @@ class Archive:
         indexed again (or dropped if it cannot be read whole).
 
         Raises DataFolderInUse when another process has the data folder open: what is
-        repaired here would be that process's instances in flight.
+        repaired here would be that process's instances in flight; IndexOfAnotherFolder
+        when the index belongs to another data folder (archive/ownership.py).
         """
         self.lock.acquire()
         try:
+            self.index.migrate()
+            claim(self.index, self.settings.node.data)  # before anything is repaired
             self._repair()
             self.store.choose_write_path()  # [storage] direct_writes = "auto"
         except BaseException:
@@ -257,7 +261,6 @@ class Archive:
             raise
 
     def _repair(self) -> None:
-        self.index.migrate()
         obsolete = self.index.trash_paths()
         for relative in obsolete:
             self.store.remove(self.store.absolute(relative))

@@ -254,3 +254,14 @@ audit_messages = Table(
 )
 Index("ix_audit_messages_at", audit_messages.c.at)
 Index("ix_audit_messages_sent", audit_messages.c.sent, audit_messages.c.id)
+
+# Which data folder this index belongs to (archive/ownership.py): one row, claimed by the first
+# archive that opens the index; an archive of another folder refuses to open.
+archive_owner = Table(
+    "archive_owner",
+    metadata,
+    Column("id", Integer, primary_key=True),  # always 1: one owner
+    Column("folder_id", String(36), nullable=False),  # the UUID in the folder's pacsnode.id
+    Column("folder", Text, nullable=False),  # where it was last opened (for messages only)
+    Column("claimed_at", DateTime(timezone=True), nullable=False),
+)

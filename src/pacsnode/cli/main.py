@@ -151,6 +151,7 @@ def serve(
 ) -> None:
     """Run the node: answer DICOM associations until interrupted (Ctrl-C drains and stops)."""
     from pacsnode.archive.folder_lock import DataFolderInUse
+    from pacsnode.archive.ownership import IndexOfAnotherFolder
     from pacsnode.net.node import Node
     from pacsnode.web.server import HttpServer
 
@@ -176,7 +177,7 @@ def serve(
         node.companions.append(Hl7Server(settings, node.archive, audit=node.audit))
     try:
         run_loop(node.run_forever())
-    except DataFolderInUse as exc:  # another serve or import on this data folder
+    except (DataFolderInUse, IndexOfAnotherFolder) as exc:  # another process's folder, or index
         raise _fail(str(exc)) from None
     except OSError as exc:
         where = exc.filename or f"{settings.node.host}:{settings.node.dicom_port}"
@@ -347,13 +348,14 @@ def import_(
     verbose: FilesVerboseOpt = 0,
 ) -> None:
     from pacsnode.archive.folder_lock import DataFolderInUse
+    from pacsnode.archive.ownership import IndexOfAnotherFolder
     from pacsnode.cli.importer import run_import
 
     _setup_logging(max(verbose - 1, 0))
     settings = _settings(config, data=data)
     try:
         ok = run_import(paths, settings, recursive=recursive, verbose=verbose, console=err, report=report)
-    except DataFolderInUse as exc:  # a node serving this data folder, or another import
+    except (DataFolderInUse, IndexOfAnotherFolder) as exc:  # a node on this folder, another's index
         raise _fail(str(exc)) from None
     except OSError as exc:
         raise _fail(f"{exc.filename or settings.node.data}: {exc.strerror or exc}") from None
