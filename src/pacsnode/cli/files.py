@@ -24,7 +24,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 
-from pacsnode.data.part10 import read_layout
+from pacsnode.data.part10 import meta_values, read_layout
 from pacsnode.data.transcode import (
     VR_CODES,
     Encoding,
@@ -137,7 +137,7 @@ def locate(fp: BinaryIO, size: int) -> _Located | None:
             if enc is not None:  # preamble and prefix, then no meta at all
                 return _Located(132, uncompressed_for(enc), "", "", False)
         return None
-    meta = _file_meta(head, start + 132 if start == 0 and head[128:132] == b"DICM" else start)
+    meta = meta_values(head, start + 132 if start == 0 and head[128:132] == b"DICM" else start)
     if meta is None:  # not in the first block, or unusual: pydicom's reader decides
         fp.seek(start)
         layout = read_layout(fp)
@@ -155,38 +155,6 @@ def locate(fp: BinaryIO, size: int) -> _Located | None:
         enc = guess_encoding(fp.read(16), size) or Encoding.IMPLICIT_LE
         ts, layout_ok = uncompressed_for(enc), False
     return _Located(offset, ts, sop_class, sop_instance, layout_ok and bool(sop_instance))
-
-
-def _file_meta(head: bytes, pos: int) -> tuple[int, str, str, str] | None:
-    """(data set offset, transfer syntax, SOP class, SOP instance) from File Meta Information in `head`.
-
-    PS3.10 7.1: group 0002, Explicit VR Little Endian; it ends at the first element
-    of another group (as pydicom reads it, whatever the group length says).  None
-    when the meta does not end within `head` or is not plainly encoded.
-    """
-    values: dict[int, str] = {}
-    end = len(head)
-    while pos + 8 <= end:
-        group, element = struct.unpack_from("<HH", head, pos)
-        if group != 0x0002:
-            return pos, values.get(0x10, ""), values.get(0x02, ""), values.get(0x03, "")
-        vr = head[pos + 4 : pos + 6]
-        if vr not in VR_CODES:
-            return None
-        if vr in _LONGVR_CODES:
-            if pos + 12 > end:
-                return None
-            length = struct.unpack_from("<I", head, pos + 8)[0]
-            pos += 12
-        else:
-            length = struct.unpack_from("<H", head, pos + 6)[0]
-            pos += 8
-        if length == _UNDEFINED or pos + length > end:
-            return None
-        if element in (0x02, 0x03, 0x10):
-            values[element] = head[pos : pos + length].decode("ascii", "replace")
-        pos += length
-    return None
 
 
 _LONGVR_CODES = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())  # PS3.5 7.1.2: 32-bit length
