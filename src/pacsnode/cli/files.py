@@ -24,7 +24,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 
-from pacsnode.data.part10 import meta_values, read_layout
+from pacsnode.data.part10 import LONG_LENGTH_VRS, meta_values, read_layout
 from pacsnode.data.transcode import (
     VR_CODES,
     Encoding,
@@ -157,7 +157,6 @@ def locate(fp: BinaryIO, size: int) -> _Located | None:
     return _Located(offset, ts, sop_class, sop_instance, layout_ok and bool(sop_instance))
 
 
-_LONGVR_CODES = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())  # PS3.5 7.1.2: 32-bit length
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 
@@ -226,7 +225,7 @@ class _Walker:
                 vr = buf[pos + 4 : pos + 6]
                 if vr not in VR_CODES:
                     raise _NoVerdict
-                if vr in _LONGVR_CODES:
+                if vr in LONG_LENGTH_VRS:
                     if pos + 12 > end:
                         raise Truncated(f"the file ends inside an element header at byte {end}")
                     (length,) = u32(buf, pos + 8)

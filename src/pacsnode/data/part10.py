@@ -87,7 +87,7 @@ class Part10Layout:
 
 # What read_layout reads at once: the meta of nearly every file ends within it.
 _LAYOUT_HEAD = 4096
-_LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())  # PS3.5 7.1.2: 32-bit length
+LONG_LENGTH_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())  # PS3.5 7.1.2: 32-bit length
 
 
 def meta_values(head: bytes, pos: int) -> tuple[int, str, str, str] | None:
@@ -106,7 +106,7 @@ def meta_values(head: bytes, pos: int) -> tuple[int, str, str, str] | None:
             return pos, values.get(0x10, ""), values.get(0x02, ""), values.get(0x03, "")
         if vr not in VR_CODES:
             return None
-        if vr in _LONG_VRS:
+        if vr in LONG_LENGTH_VRS:
             if pos + 12 > end:
                 return None
             length = int.from_bytes(head[pos + 8 : pos + 12], "little")
