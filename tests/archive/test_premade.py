@@ -24,13 +24,13 @@ NOW = datetime(2026, 11, 26, 17, 30, tzinfo=UTC)
 def synced(monkeypatch) -> list[tuple[str, bool]]:
     """Every path FileStore syncs, in order, with whether it was a data-only sync."""
     calls: list[tuple[str, bool]] = []
-    real = blobs._fsync_path
+    real = blobs.fsync_path
 
     def record(path: Path, *, data_only: bool = False) -> None:
         calls.append((str(path), data_only))
         real(path, data_only=data_only)
 
-    monkeypatch.setattr(blobs, "_fsync_path", record)
+    monkeypatch.setattr(blobs, "fsync_path", record)
     return calls
 
 

@@ -193,10 +193,10 @@ class FileStore:
             os.close(os.open(f"{self._root}/{relative}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
             made.append(relative)
         # DESIGN.md durability contract: the names are durable before any data goes in.
-        _fsync_path(directory)
+        fsync_path(directory)
         if fresh:
-            _fsync_path(directory.parent)
-            _fsync_path(directory.parent.parent)
+            fsync_path(directory.parent)
+            fsync_path(directory.parent.parent)
         return made
 
     def absolute(self, relative: str) -> Path:
@@ -343,7 +343,7 @@ class FileStore:
             self._ensure_dir(target.parent)
             dirs.add(target.parent)
             if self.sync_mode == "fsync":
-                _fsync_path(spool)
+                fsync_path(spool)
             os.replace(spool, target)
         premade = set()
         for relative in written:
@@ -353,7 +353,7 @@ class FileStore:
             else:
                 dirs.add((self.root / relative).parent)
             if self.sync_mode == "fsync":
-                _fsync_path(f"{self._root}/{relative}", data_only=relative in premade)
+                fsync_path(f"{self._root}/{relative}", data_only=relative in premade)
         if not moves and not written:
             return
         if self.sync_mode == "syncfs" and len(moves) + len(written) <= SMALL_GROUP:
@@ -361,15 +361,15 @@ class FileStore:
             # directory takes less time than a sync of the whole file system, whose
             # cost grows with whatever else the machine has written.
             for _spool, relative in moves:
-                _fsync_path(f"{self._root}/{relative}", data_only=True)
+                fsync_path(f"{self._root}/{relative}", data_only=True)
             for relative in written:
-                _fsync_path(f"{self._root}/{relative}", data_only=True)
+                fsync_path(f"{self._root}/{relative}", data_only=True)
             for directory in dirs:
-                _fsync_path(directory)
+                fsync_path(directory)
                 if directory in self._new_dirs:
                     # Its name in the day folder, and the day folder's in objects/.
-                    _fsync_path(directory.parent)
-                    _fsync_path(directory.parent.parent)
+                    fsync_path(directory.parent)
+                    fsync_path(directory.parent.parent)
                     self._new_dirs.discard(directory)
         elif self.sync_mode == "syncfs":
             # One sync of the file system covers every file and directory of the
@@ -383,7 +383,7 @@ class FileStore:
                 os.close(fd)
         else:
             for directory in dirs | {d.parent for d in dirs}:
-                _fsync_path(directory)
+                fsync_path(directory)
 
     def remove_object(self, relative: str) -> None:
         """Delete an object file that was not placed (a refused or failed instance)."""
@@ -478,7 +478,8 @@ def _random_name() -> str:
     return os.urandom(16).hex()
 
 
-def _fsync_path(path: str | Path, *, data_only: bool = False) -> None:
+def fsync_path(path: str | Path, *, data_only: bool = False) -> None:
+    """fsync (or, with ``data_only``, fdatasync) a file or directory by its path."""
     fd = os.open(path, os.O_RDONLY)
     try:
         if data_only:

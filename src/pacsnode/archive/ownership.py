@@ -22,7 +22,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from pacsnode.archive.blobs import OBJECTS
+from pacsnode.archive.blobs import OBJECTS, fsync_path
 from pacsnode.archive.index import ArchiveIndex
 
 log = logging.getLogger("pacsnode.archive")
@@ -74,11 +74,7 @@ def _write_folder_id(folder: Path, value: str) -> None:
     finally:
         os.close(fd)
     os.replace(temporary, folder / FOLDER_ID_FILE)
-    directory = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    fsync_path(folder)  # the new name
 
 
 def claim(index: ArchiveIndex, folder: Path) -> str:
